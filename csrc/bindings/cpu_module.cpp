@@ -1,0 +1,218 @@
+// fastattn._cpu: the CPU backend's Python entry points. The Python layer (fastattn/_sdpa_args.py)
+// has already checked shapes, dtypes and options and normalised every operand; this file only turns
+// NumPy arrays into the plain kernel structs (pointers, element strides, per-batch offsets), checks
+// what memory safety needs, releases the GIL and calls the chosen ISA's kernel.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cpu/dispatch.h"
+#include "cpu/isa.h"
+#include "cpu/threads.h"
+#include "fastattn/sdpa_params.h"
+
+namespace py = pybind11;
+using fastattn::DType;
+using fastattn::MaskKind;
+using fastattn::SdpaParams;
+
+namespace {
+
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::f32: return "float32";
+    case DType::f64: return "float64";
+    case DType::f16: return "float16";
+    case DType::bf16: return "bfloat16";
+  }
+  return "?";
+}
+
+int64_t dtype_size(DType d) { return d == DType::f64 ? 8 : d == DType::f32 ? 4 : 2; }
+
+[[noreturn]] void internal_error(const std::string& what) {
+  throw py::value_error("fastattn._cpu: " + what + " (the Python layer should have caught this)");
+}
+
+// Element stride of dim `dim`; 0 where the array has size 1 there (broadcast).
+int64_t elem_stride(const py::array& a, py::ssize_t dim, int64_t itemsize) {
+  if (a.shape(dim) == 1) return 0;
+  if (a.strides(dim) % itemsize != 0) internal_error("stride not a multiple of the item size");
+  return a.strides(dim) / itemsize;
+}
+
+// Element offset of each flattened batch index in `a`, whose first nb dims are batch dims of size
+// 1 (broadcast) or batch_shape[i].
+std::vector<int64_t> batch_offsets(const py::array& a, const std::vector<int64_t>& batch_shape,
+                                   int64_t itemsize) {
+  const size_t nb = batch_shape.size();
+  int64_t count = 1;
+  for (int64_t n : batch_shape) count *= n;
+  std::vector<int64_t> strides(nb);
+  for (size_t i = 0; i < nb; ++i) {
+    if (a.shape(py::ssize_t(i)) != 1 && a.shape(py::ssize_t(i)) != batch_shape[i])
+      internal_error("batch dims do not broadcast");
+    strides[i] = elem_stride(a, py::ssize_t(i), itemsize);
+  }
+  std::vector<int64_t> offsets(size_t(count), 0);
+  std::vector<int64_t> index(nb, 0);
+  for (int64_t b = 0; b < count; ++b) {
+    int64_t off = 0;
+    for (size_t i = 0; i < nb; ++i) off += index[i] * strides[i];
+    offsets[size_t(b)] = off;
+    for (size_t i = nb; i-- > 0;) {  // odometer increment, last dim fastest (C order)
+      if (++index[i] < batch_shape[i]) break;
+      index[i] = 0;
+    }
+  }
+  return offsets;
+}
+
+void check_operand(const py::array& a, const char* name, py::ssize_t ndim, int64_t itemsize) {
+  if (a.ndim() != ndim) internal_error(std::string(name) + " has the wrong ndim");
+  if (a.itemsize() != itemsize) internal_error(std::string(name) + " has the wrong dtype");
+  if (a.shape(ndim - 1) > 1 && a.strides(ndim - 1) != itemsize)
+    internal_error(std::string(name) + " is not contiguous in its last dim");
+}
+
+std::string sdpa(py::array q, py::array k, py::array v, py::array out, py::object lse,
+                 py::object mask, py::object kv_lengths, int dtype_code, double scale,
+                 int64_t diag, int64_t left, int64_t right) {
+  const DType dtype = static_cast<DType>(dtype_code);
+  if (dtype_code < 0 || dtype_code > 3) internal_error("unknown dtype code");
+  const int64_t itemsize = dtype_size(dtype);
+  const py::ssize_t ndim = out.ndim();
+  if (ndim < 3) internal_error("operands need at least 3 dims");
+  for (auto [a, name] : {std::pair<py::array*, const char*>{&q, "query"}, {&k, "key"},
+                         {&v, "value"}, {&out, "out"}})
+    check_operand(*a, name, ndim, itemsize);
+  if (!(out.flags() & py::array::c_style)) internal_error("out is not C-contiguous");
+
+  SdpaParams p;
+  p.dtype = dtype;
+  const size_t nb = size_t(ndim - 3);
+  std::vector<int64_t> batch_shape(out.shape(), out.shape() + nb);
+  p.batch = 1;
+  for (int64_t n : batch_shape) p.batch *= n;
+  p.hq = out.shape(ndim - 3);
+  p.lq = out.shape(ndim - 2);
+  p.dv = out.shape(ndim - 1);
+  p.hkv = k.shape(ndim - 3);
+  p.lk = k.shape(ndim - 2);
+  p.d = q.shape(ndim - 1);
+  if (q.shape(ndim - 3) != p.hq || q.shape(ndim - 2) != p.lq || k.shape(ndim - 1) != p.d ||
+      v.shape(ndim - 3) != p.hkv || v.shape(ndim - 2) != p.lk || v.shape(ndim - 1) != p.dv ||
+      (p.hkv == 0 ? p.hq != 0 : p.hq % p.hkv != 0))
+    internal_error("inconsistent shapes");
+
+  const std::vector<int64_t> q_off = batch_offsets(q, batch_shape, itemsize);
+  const std::vector<int64_t> k_off = batch_offsets(k, batch_shape, itemsize);
+  const std::vector<int64_t> v_off = batch_offsets(v, batch_shape, itemsize);
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  p.out = out.mutable_data();
+  p.q_batch_offset = q_off.data();
+  p.k_batch_offset = k_off.data();
+  p.v_batch_offset = v_off.data();
+  p.q_head_stride = elem_stride(q, ndim - 3, itemsize);
+  p.q_row_stride = elem_stride(q, ndim - 2, itemsize);
+  p.k_head_stride = elem_stride(k, ndim - 3, itemsize);
+  p.k_row_stride = elem_stride(k, ndim - 2, itemsize);
+  p.v_head_stride = elem_stride(v, ndim - 3, itemsize);
+  p.v_row_stride = elem_stride(v, ndim - 2, itemsize);
+
+  const int64_t compute_size = dtype == DType::f64 ? 8 : 4;
+  py::array lse_array;
+  if (!lse.is_none()) {
+    lse_array = lse.cast<py::array>();
+    if (lse_array.size() != p.batch * p.hq * p.lq || lse_array.itemsize() != compute_size ||
+        !(lse_array.flags() & py::array::c_style))
+      internal_error("lse has the wrong size, dtype or layout");
+    p.lse = lse_array.mutable_data();
+  }
+
+  py::array mask_array;
+  std::vector<int64_t> mask_off;
+  if (!mask.is_none()) {
+    mask_array = mask.cast<py::array>();
+    const bool boolean = mask_array.dtype().kind() == 'b';
+    const int64_t mask_itemsize = boolean ? 1 : compute_size;
+    if (mask_array.ndim() != ndim || mask_array.itemsize() != mask_itemsize)
+      internal_error("mask has the wrong ndim or dtype");
+    if ((mask_array.shape(ndim - 3) != 1 && mask_array.shape(ndim - 3) != p.hq) ||
+        (mask_array.shape(ndim - 2) != 1 && mask_array.shape(ndim - 2) != p.lq) ||
+        (mask_array.shape(ndim - 1) != 1 && mask_array.shape(ndim - 1) != p.lk))
+      internal_error("mask does not broadcast to (Hq, Lq, Lk)");
+    mask_off = batch_offsets(mask_array, batch_shape, mask_itemsize);
+    p.mask_kind = boolean ? MaskKind::boolean : MaskKind::additive;
+    p.mask = mask_array.data();
+    p.mask_batch_offset = mask_off.data();
+    p.mask_head_stride = elem_stride(mask_array, ndim - 3, mask_itemsize);
+    p.mask_row_stride = elem_stride(mask_array, ndim - 2, mask_itemsize);
+    p.mask_col_stride = elem_stride(mask_array, ndim - 1, mask_itemsize);
+  }
+
+  py::array_t<int64_t> lengths_array;
+  std::vector<int64_t> lengths;
+  if (!kv_lengths.is_none()) {
+    lengths_array = kv_lengths.cast<py::array_t<int64_t>>();
+    if (size_t(lengths_array.ndim()) != nb) internal_error("kv_lengths has the wrong ndim");
+    const std::vector<int64_t> off = batch_offsets(lengths_array, batch_shape, 8);
+    lengths.resize(off.size());
+    for (size_t b = 0; b < off.size(); ++b) {
+      lengths[b] = lengths_array.data()[off[b]];
+      if (lengths[b] < 0 || lengths[b] > p.lk) internal_error("kv_lengths out of range");
+    }
+    p.kv_lengths = lengths.data();
+  }
+
+  p.scale = scale;
+  p.diag = diag;
+  p.left = left < 0 ? fastattn::kUnbounded : left;
+  p.right = right < 0 ? fastattn::kUnbounded : right;
+  p.num_threads = fastattn::cpu::get_num_threads();
+
+  const fastattn::cpu::Isa isa = fastattn::cpu::chosen_isa();
+  const fastattn::cpu::SdpaKernel kernel = fastattn::cpu::sdpa_kernel(isa);
+  {
+    py::gil_scoped_release release;
+    kernel(p);
+  }
+  return std::string("cpu/") + fastattn::cpu::isa_name(isa) + "/sdpa/" + dtype_name(dtype);
+}
+
+std::vector<std::string> names(const std::vector<fastattn::cpu::Isa>& isas) {
+  std::vector<std::string> out;
+  for (auto isa : isas) out.emplace_back(fastattn::cpu::isa_name(isa));
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+  m.doc() = "fastattn CPU kernels (scalar, AVX2, AVX-512), chosen at run time";
+  m.def("sdpa", &sdpa, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
+        py::arg("mask"), py::arg("kv_lengths"), py::arg("dtype_code"), py::arg("scale"),
+        py::arg("diag"), py::arg("left"), py::arg("right"),
+        "Fused scaled-dot-product attention on normalised operands; returns the kernel's name. "
+        "Private: call fastattn.scaled_dot_product_attention.");
+  m.def("isa", [] { return std::string(fastattn::cpu::isa_name(fastattn::cpu::chosen_isa())); },
+        "The ISA the kernels run on; RuntimeError if FASTATTN_CPU_ISA forces one this CPU lacks.");
+  m.def("compiled_isas", [] { return names(fastattn::cpu::compiled_isas()); });
+  m.def("available_isas", [] { return names(fastattn::cpu::available_isas()); });
+  m.def("get_num_threads", &fastattn::cpu::get_num_threads);
+  m.def("set_num_threads", &fastattn::cpu::set_num_threads, py::arg("n"));
+  m.def("build_info", [] {
+    py::dict info;
+    info["compiler"] = FASTATTN_BUILD_COMPILER;
+    info["openmp"] = bool(FASTATTN_BUILD_OPENMP);
+    info["compiled_isas"] = FASTATTN_COMPILED_ISAS;
+    info["cuda_compiler_found"] = bool(FASTATTN_BUILD_CUDA_COMPILER_FOUND);
+    return info;
+  });
+}

@@ -1,0 +1,17 @@
+#include "cpu/dispatch.h"
+
+namespace fastattn {
+namespace cpu {
+
+SdpaKernel sdpa_kernel(Isa isa) {
+  switch (isa) {
+#if FASTATTN_HAVE_X86
+    case Isa::avx512: return &sdpa_avx512;
+    case Isa::avx2: return &sdpa_avx2;
+#endif
+    default: return &sdpa_scalar;
+  }
+}
+
+}  // namespace cpu
+}  // namespace fastattn

@@ -1,0 +1,13 @@
+// The kernel table: the chosen ISA's entry points, picked once.
+#pragma once
+
+#include "cpu/isa.h"
+#include "cpu/kernels.h"
+
+namespace fastattn {
+namespace cpu {
+
+SdpaKernel sdpa_kernel(Isa isa);
+
+}  // namespace cpu
+}  // namespace fastattn

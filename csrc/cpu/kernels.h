@@ -1,0 +1,19 @@
+// The per-ISA kernel entry points. Only plain structs cross from common code into the ISA
+// translation units; each is compiled with its own flags and must only run on a CPU that has them.
+#pragma once
+
+#include "fastattn/sdpa_params.h"
+
+namespace fastattn {
+namespace cpu {
+
+using SdpaKernel = void (*)(const SdpaParams&);
+
+void sdpa_scalar(const SdpaParams& p);
+#if FASTATTN_HAVE_X86
+void sdpa_avx2(const SdpaParams& p);
+void sdpa_avx512(const SdpaParams& p);
+#endif
+
+}  // namespace cpu
+}  // namespace fastattn

@@ -1,0 +1,19 @@
+// The AVX2 + FMA + F16C path. Compiled with -mavx2 -mfma -mf16c; dispatch calls it only when cpuid
+// and xgetbv say the CPU and OS support all three.
+#define FASTATTN_ISA avx2
+#include "cpu/simd_avx2.h"
+
+namespace fastattn {
+namespace avx2 {
+// 16 ymm registers: a 6 x 2 block of accumulators (12) + 2 loaded vectors + 1 broadcast.
+struct Tuning {
+  static constexpr int micro_rows = 6, micro_vecs = 2;
+  static constexpr long block_m = 48, block_n = 64;
+};
+}  // namespace avx2
+}  // namespace fastattn
+
+#include "cpu/kernels.h"
+#include "cpu/sdpa_kernel.h"
+
+void fastattn::cpu::sdpa_avx2(const SdpaParams& p) { fastattn::avx2::sdpa(p); }

@@ -1,0 +1,19 @@
+// The AVX-512 path (F, BW, DQ, VL) in full 16-wide registers. Compiled with those flags; dispatch
+// calls it only when cpuid and xgetbv say the CPU and OS support them.
+#define FASTATTN_ISA avx512
+#include "cpu/simd_avx512.h"
+
+namespace fastattn {
+namespace avx512 {
+// 32 zmm registers: a 12 x 2 block of accumulators (24) + 2 loaded vectors + 1 broadcast.
+struct Tuning {
+  static constexpr int micro_rows = 12, micro_vecs = 2;
+  static constexpr long block_m = 48, block_n = 64;
+};
+}  // namespace avx512
+}  // namespace fastattn
+
+#include "cpu/kernels.h"
+#include "cpu/sdpa_kernel.h"
+
+void fastattn::cpu::sdpa_avx512(const SdpaParams& p) { fastattn::avx512::sdpa(p); }

@@ -1,0 +1,18 @@
+// The portable path: built without ISA flags, runs on any CPU.
+#define FASTATTN_ISA scalar
+#include "cpu/simd_scalar.h"
+
+namespace fastattn {
+namespace scalar {
+// One-lane "vectors": a 4 x 4 register block still gives the compiler independent accumulators.
+struct Tuning {
+  static constexpr int micro_rows = 4, micro_vecs = 4;
+  static constexpr long block_m = 32, block_n = 64;
+};
+}  // namespace scalar
+}  // namespace fastattn
+
+#include "cpu/kernels.h"
+#include "cpu/sdpa_kernel.h"
+
+void fastattn::cpu::sdpa_scalar(const SdpaParams& p) { fastattn::scalar::sdpa(p); }

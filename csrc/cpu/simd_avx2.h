@@ -1,0 +1,103 @@
+// The SIMD wrapper the kernels are written against, AVX2 + FMA flavour: 8 floats or 4 doubles.
+// Included only by kernels_avx2.cpp (and kernels_avx512.cpp for its 256-bit helpers).
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "cpu/simd_exp.h"
+
+namespace fastattn {
+namespace FASTATTN_ISA {
+
+struct VF32 {
+  using T = float;
+  static constexpr int W = 8;
+  __m256 v;
+
+  static VF32 zero() { return {_mm256_setzero_ps()}; }
+  static VF32 set1(float x) { return {_mm256_set1_ps(x)}; }
+  static VF32 load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+  friend VF32 operator+(VF32 a, VF32 b) { return {_mm256_add_ps(a.v, b.v)}; }
+  friend VF32 operator-(VF32 a, VF32 b) { return {_mm256_sub_ps(a.v, b.v)}; }
+  friend VF32 operator*(VF32 a, VF32 b) { return {_mm256_mul_ps(a.v, b.v)}; }
+  friend VF32 fma(VF32 a, VF32 b, VF32 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+  // max(a, b): b when either is NaN (the x86 rule); callers put the value that must win a NaN last.
+  friend VF32 max(VF32 a, VF32 b) { return {_mm256_max_ps(a.v, b.v)}; }
+  friend VF32 min(VF32 a, VF32 b) { return {_mm256_min_ps(a.v, b.v)}; }
+  friend VF32 round_nearest(VF32 a) {
+    return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+  }
+  // a < b ? then : otherwise, per lane (false for NaN).
+  friend VF32 select_lt(VF32 a, VF32 b, VF32 then, VF32 otherwise) {
+    return {_mm256_blendv_ps(otherwise.v, then.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ))};
+  }
+  // 2^n for integral n in [-126, 127], by building the exponent bits.
+  friend VF32 pow2_int(VF32 n) {
+    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(e, 23))};
+  }
+  float reduce_max() const {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+  }
+  float reduce_add() const {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+  }
+};
+
+struct VF64 {
+  using T = double;
+  static constexpr int W = 4;
+  __m256d v;
+
+  static VF64 zero() { return {_mm256_setzero_pd()}; }
+  static VF64 set1(double x) { return {_mm256_set1_pd(x)}; }
+  static VF64 load(const double* p) { return {_mm256_loadu_pd(p)}; }
+  void store(double* p) const { _mm256_storeu_pd(p, v); }
+  friend VF64 operator+(VF64 a, VF64 b) { return {_mm256_add_pd(a.v, b.v)}; }
+  friend VF64 operator-(VF64 a, VF64 b) { return {_mm256_sub_pd(a.v, b.v)}; }
+  friend VF64 operator*(VF64 a, VF64 b) { return {_mm256_mul_pd(a.v, b.v)}; }
+  friend VF64 fma(VF64 a, VF64 b, VF64 c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
+  friend VF64 max(VF64 a, VF64 b) { return {_mm256_max_pd(a.v, b.v)}; }
+  friend VF64 min(VF64 a, VF64 b) { return {_mm256_min_pd(a.v, b.v)}; }
+  friend VF64 round_nearest(VF64 a) {
+    return {_mm256_round_pd(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+  }
+  friend VF64 select_lt(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
+    return {_mm256_blendv_pd(otherwise.v, then.v, _mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ))};
+  }
+  // 2^n for integral n in [-1022, 1023].
+  friend VF64 pow2_int(VF64 n) {
+    __m256i e = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n.v));
+    e = _mm256_add_epi64(e, _mm256_set1_epi64x(1023));
+    return {_mm256_castsi256_pd(_mm256_slli_epi64(e, 52))};
+  }
+  double reduce_max() const {
+    __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    m = _mm_max_sd(m, _mm_unpackhi_pd(m, m));
+    return _mm_cvtsd_f64(m);
+  }
+  double reduce_add() const {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
+    return _mm_cvtsd_f64(s);
+  }
+};
+
+static inline VF32 vexp(VF32 x) { return exp_poly(x); }
+static inline VF64 vexp(VF64 x) { return exp_poly(x); }
+
+template <class T> struct VecOf;
+template <> struct VecOf<float> { using type = VF32; };
+template <> struct VecOf<double> { using type = VF64; };
+
+}  // namespace FASTATTN_ISA
+}  // namespace fastattn

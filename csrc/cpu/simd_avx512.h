@@ -1,0 +1,85 @@
+// The SIMD wrapper the kernels are written against, AVX-512 flavour: 16 floats or 8 doubles.
+// Included only by kernels_avx512.cpp.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "cpu/simd_exp.h"
+
+namespace fastattn {
+namespace FASTATTN_ISA {
+
+struct VF32 {
+  using T = float;
+  static constexpr int W = 16;
+  __m512 v;
+
+  static VF32 zero() { return {_mm512_setzero_ps()}; }
+  static VF32 set1(float x) { return {_mm512_set1_ps(x)}; }
+  static VF32 load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  friend VF32 operator+(VF32 a, VF32 b) { return {_mm512_add_ps(a.v, b.v)}; }
+  friend VF32 operator-(VF32 a, VF32 b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  friend VF32 operator*(VF32 a, VF32 b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  friend VF32 fma(VF32 a, VF32 b, VF32 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  // max(a, b): b when either is NaN (the x86 rule); callers put the value that must win a NaN last.
+  friend VF32 max(VF32 a, VF32 b) { return {_mm512_max_ps(a.v, b.v)}; }
+  friend VF32 min(VF32 a, VF32 b) { return {_mm512_min_ps(a.v, b.v)}; }
+  friend VF32 round_nearest(VF32 a) {
+    return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+  }
+  // a < b ? then : otherwise, per lane (false for NaN).
+  friend VF32 select_lt(VF32 a, VF32 b, VF32 then, VF32 otherwise) {
+    return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), otherwise.v, then.v)};
+  }
+  // 2^n for integral n in [-126, 127], by building the exponent bits.
+  friend VF32 pow2_int(VF32 n) {
+    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(e, 23))};
+  }
+  float reduce_max() const { return _mm512_reduce_max_ps(v); }
+  float reduce_add() const { return _mm512_reduce_add_ps(v); }
+};
+
+struct VF64 {
+  using T = double;
+  static constexpr int W = 8;
+  __m512d v;
+
+  static VF64 zero() { return {_mm512_setzero_pd()}; }
+  static VF64 set1(double x) { return {_mm512_set1_pd(x)}; }
+  static VF64 load(const double* p) { return {_mm512_loadu_pd(p)}; }
+  void store(double* p) const { _mm512_storeu_pd(p, v); }
+  friend VF64 operator+(VF64 a, VF64 b) { return {_mm512_add_pd(a.v, b.v)}; }
+  friend VF64 operator-(VF64 a, VF64 b) { return {_mm512_sub_pd(a.v, b.v)}; }
+  friend VF64 operator*(VF64 a, VF64 b) { return {_mm512_mul_pd(a.v, b.v)}; }
+  friend VF64 fma(VF64 a, VF64 b, VF64 c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
+  friend VF64 max(VF64 a, VF64 b) { return {_mm512_max_pd(a.v, b.v)}; }
+  friend VF64 min(VF64 a, VF64 b) { return {_mm512_min_pd(a.v, b.v)}; }
+  friend VF64 round_nearest(VF64 a) {
+    return {_mm512_roundscale_pd(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+  }
+  friend VF64 select_lt(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
+    return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ), otherwise.v, then.v)};
+  }
+  // 2^n for integral n in [-1022, 1023].
+  friend VF64 pow2_int(VF64 n) {
+    __m512i e = _mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(n.v));
+    e = _mm512_add_epi64(e, _mm512_set1_epi64(1023));
+    return {_mm512_castsi512_pd(_mm512_slli_epi64(e, 52))};
+  }
+  double reduce_max() const { return _mm512_reduce_max_pd(v); }
+  double reduce_add() const { return _mm512_reduce_add_pd(v); }
+};
+
+static inline VF32 vexp(VF32 x) { return exp_poly(x); }
+static inline VF64 vexp(VF64 x) { return exp_poly(x); }
+
+template <class T> struct VecOf;
+template <> struct VecOf<float> { using type = VF32; };
+template <> struct VecOf<double> { using type = VF64; };
+
+}  // namespace FASTATTN_ISA
+}  // namespace fastattn

@@ -1,0 +1,59 @@
+#include "cpu/threads.h"
+
+#include <atomic>
+#include <cstdlib>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fastattn {
+namespace cpu {
+namespace {
+
+// A positive integer from the environment, or 0 when unset or not a positive integer.
+int env_threads(const char* name) {
+  const char* s = std::getenv(name);
+  if (s == nullptr) return 0;
+  char* end = nullptr;
+  const long n = std::strtol(s, &end, 10);
+  return (end != s && *end == '\0' && n > 0 && n < 1 << 16) ? int(n) : 0;
+}
+
+int default_threads() {
+  if (int n = env_threads("FASTATTN_NUM_THREADS")) return n;
+  if (int n = env_threads("OMP_NUM_THREADS")) return n;
+#ifdef _OPENMP
+  return omp_get_num_procs();
+#else
+  return 1;
+#endif
+}
+
+std::atomic<int>& threads() {
+  static std::atomic<int> n{default_threads()};
+  return n;
+}
+
+}  // namespace
+
+int get_num_threads() {
+#ifdef _OPENMP
+  return threads().load();
+#else
+  return 1;  // without OpenMP every kernel runs on the calling thread
+#endif
+}
+
+void set_num_threads(int n) { threads().store(n); }
+
+bool openmp_enabled() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace cpu
+}  // namespace fastattn

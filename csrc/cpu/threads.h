@@ -1,0 +1,14 @@
+// The thread count every CPU kernel uses: set_num_threads(), else FASTATTN_NUM_THREADS, else
+// OMP_NUM_THREADS, else all cores. Each parallel region asks for it explicitly, so it wins over
+// whatever the OpenMP runtime was told elsewhere.
+#pragma once
+
+namespace fastattn {
+namespace cpu {
+
+int get_num_threads();
+void set_num_threads(int n);  // n >= 1, checked by the caller
+bool openmp_enabled();
+
+}  // namespace cpu
+}  // namespace fastattn

@@ -1,0 +1,21 @@
+"""fastattn: fast, exact attention for NumPy, on fused C++ kernels (scalar, AVX2, AVX-512)."""
+
+from ._backend import (
+    backends,
+    get_num_threads,
+    last_kernel,
+    set_num_threads,
+    use_backend,
+)
+from .functional import scaled_dot_product_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backends",
+    "get_num_threads",
+    "last_kernel",
+    "scaled_dot_product_attention",
+    "set_num_threads",
+    "use_backend",
+]

@@ -1,0 +1,138 @@
+"""Backend choice and introspection: which backends exist, which one serves a call, threads.
+
+The CPU backend (``fastattn._cpu``) is always built. The CUDA backend (``fastattn._cuda``) is a
+separate module, imported lazily, so fastattn imports and runs on machines without a GPU or driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import operator
+import os
+import threading
+from typing import Any, Iterator, Optional
+
+from . import _cpu
+
+_NAMES = ("auto", "cpu", "cuda")
+_default: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "fastattn_backend", default=None
+)
+_last = threading.local()
+
+
+def _cuda_module():
+    """The CUDA extension, or None with the reason it is not there (cached after the first look)."""
+    global _cuda_state
+    if _cuda_state is None:
+        try:
+            _cuda_state = (importlib.import_module("fastattn._cuda"), None)
+        except ImportError as exc:
+            if not _cpu.build_info()["cuda_compiler_found"]:
+                why = "no CUDA compiler was found when fastattn was built"
+            elif "No module named" in str(exc):
+                why = "this version of fastattn builds no CUDA module"
+            else:
+                why = f"the CUDA module could not be loaded ({exc})"
+            _cuda_state = (None, why)
+    return _cuda_state
+
+
+_cuda_state = None
+
+
+def _check_name(name: str) -> str:
+    if name not in _NAMES:
+        raise ValueError(f"backend must be one of {list(_NAMES)}, got {name!r}")
+    return name
+
+
+def _on_gpu(x: Any) -> bool:
+    return hasattr(x, "__cuda_array_interface__") or (
+        hasattr(x, "__dlpack_device__") and not hasattr(x, "__array_interface__")
+        and _dlpack_is_cuda(x)
+    )
+
+
+def _dlpack_is_cuda(x: Any) -> bool:
+    try:
+        device_type, _ = x.__dlpack_device__()
+    except Exception:
+        return False
+    return int(device_type) in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+
+
+def select(backend: str, *arrays: Any) -> str:
+    """The backend that serves a call: the explicit one, else use_backend's / FASTATTN_BACKEND's,
+    else CUDA when the inputs live on the GPU, else CPU. Raises RuntimeError if it is not there."""
+    if backend == "auto":
+        backend = _default.get() or os.environ.get("FASTATTN_BACKEND") or "auto"
+    _check_name(backend)
+    if backend == "auto":
+        backend = "cuda" if any(_on_gpu(a) for a in arrays) else "cpu"
+    if backend == "cuda":
+        module, why = _cuda_module()
+        if module is None:
+            raise RuntimeError(f"the 'cuda' backend is not available: {why}; available: ['cpu']")
+    return backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Within the block, calls with backend="auto" use `name` ("auto", "cpu" or "cuda")."""
+    token = _default.set(_check_name(name))
+    try:
+        yield
+    finally:
+        _default.reset(token)
+
+
+def record_kernel(name: str) -> None:
+    _last.kernel = name
+
+
+def last_kernel() -> Optional[str]:
+    """The backend/ISA/kernel/dtype that served the last call in this thread, e.g.
+    "cpu/avx2/sdpa/float32"; None before the first call."""
+    return getattr(_last, "kernel", None)
+
+
+def get_num_threads() -> int:
+    """Threads the CPU kernels use: set_num_threads(), else FASTATTN_NUM_THREADS, else
+    OMP_NUM_THREADS, else all cores."""
+    return _cpu.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads the CPU kernels use (n >= 1), for all later calls."""
+    n = operator.index(n)
+    if n < 1:
+        raise ValueError(f"the number of threads must be >= 1, got {n}")
+    _cpu.set_num_threads(n)
+
+
+def backends() -> dict:
+    """What this build has and this machine can use.
+
+    ``["cpu"]``: ``compiled_isas``, ``available_isas`` (compiled and supported by this CPU and OS),
+    ``isa`` (the one in use; FASTATTN_CPU_ISA forces it, and a forced ISA the CPU lacks raises
+    RuntimeError here and on every kernel call), ``num_threads``, ``openmp``.
+    ``["cuda"]``: ``compiled`` (bool), ``devices`` (list), ``reason`` when not compiled.
+    """
+    info = _cpu.build_info()
+    module, why = _cuda_module()
+    cuda: dict = {"compiled": module is not None, "devices": []}
+    if why:
+        cuda["reason"] = why
+    return {
+        "cpu": {
+            "compiled_isas": _cpu.compiled_isas(),
+            "available_isas": _cpu.available_isas(),
+            "isa": _cpu.isa(),
+            "num_threads": _cpu.get_num_threads(),
+            "openmp": info["openmp"],
+        },
+        "cuda": cuda,
+    }

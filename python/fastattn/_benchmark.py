@@ -1,0 +1,903 @@
+"""``python -m fastattn bench``: time fastattn's scaled_dot_product_attention against NumPy and PyTorch.
+
+How it measures, and why:
+
+* Interleaved repetitions. Each repetition times fastattn, then NumPy, then torch, so slow drifts of the
+  machine (clock boost, thermal throttling, a noisy neighbour) hit every contender alike. The reported
+  figure is the median over repetitions, which ignores the odd sample hit by an interrupt.
+* Warm-up and batching. Every contender is called once before timing (lazy initialisation, thread-pool
+  start, page faults on fresh buffers), and calls too short for the timer are batched into samples of a
+  few milliseconds; a sample's time is divided by its number of calls.
+* Settling between contenders. BLAS and OpenMP thread pools keep spinning after a call returns
+  (OpenBLAS for about 0.1 s), stealing cores from whatever runs next: on a 2-core machine that made torch
+  look ~1.7x slower right after NumPy. So after each contender's sample the benchmark waits until no
+  thread of the process burns CPU any more (see settle()).
+* Adaptive repeat count. The number of repetitions is chosen from the warm-up timings to fit a per-shape
+  time budget, with a floor (so every figure is a median of several samples) and a ceiling.
+* Correctness. A benchmark of a wrong kernel is worthless: after timing, fastattn's output is compared
+  with the NumPy one and the row is flagged MISMATCH when they disagree.
+
+Runtime dependency is NumPy only; torch and matplotlib are imported lazily and skipped with a note.
+``bench/bench_sdpa.py`` runs the same code with the full shape set and the hardware ceilings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+# A fastattn output may differ from the float32 NumPy one by rounding only; the error is measured
+# relative to the largest output magnitude, so the bound does not depend on the data's scale.
+MISMATCH_REL_TOL = 1e-3
+
+# NumPy's score matrices are computed in chunks of heads no larger than this, so the baseline does not
+# fall out of cache and memory on long sequences (at least one kv-head group is always computed at once).
+NUMPY_SCRATCH_BYTES = 64 << 20
+
+# Query lengths up to this are "decode": the time is dominated by reading K and V, so GB/s is reported.
+DECODE_MAX_QUERY_LEN = 8
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shapes
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One benchmark case: query (B, Hq, Lq, D), key/value (B, Hkv, Lk, D), float32."""
+
+    batch: int
+    q_heads: int
+    kv_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    causal: bool = False
+
+    @property
+    def spec(self) -> str:
+        """The command-line form, accepted back by parse_shape: '1,8,8,1024,1024,64,causal'."""
+        dims = f"{self.batch},{self.q_heads},{self.kv_heads},{self.q_len},{self.kv_len},{self.head_dim}"
+        return dims + (",causal" if self.causal else "")
+
+    @property
+    def label(self) -> str:
+        return f"({self.spec})"
+
+    @property
+    def is_decode(self) -> bool:
+        return self.q_len <= DECODE_MAX_QUERY_LEN
+
+    @property
+    def flops(self) -> float:
+        """Two matmuls of 2*Lq*Lk*D flops per head; a causal mask skips about half of the pairs."""
+        full = 4.0 * self.batch * self.q_heads * self.q_len * self.kv_len * self.head_dim
+        return full / 2 if self.causal else full
+
+    @property
+    def kv_bytes(self) -> float:
+        """Bytes of K and V, each read once: the floor of memory traffic, which bounds decoding."""
+        return 2.0 * self.batch * self.kv_heads * self.kv_len * self.head_dim * 4
+
+
+def parse_shape(text: str) -> Shape:
+    """'B,Hq,Hkv,Lq,Lk,D[,causal]' -> Shape; the 7th field may be causal/yes/1/true or no/0/false."""
+    fields = [f.strip() for f in text.split(",")]
+    if len(fields) not in (6, 7):
+        raise ValueError(f"shape {text!r}: expected B,Hq,Hkv,Lq,Lk,D[,causal]")
+    try:
+        dims = [int(f) for f in fields[:6]]
+    except ValueError:
+        raise ValueError(f"shape {text!r}: the first six fields must be integers") from None
+    flag = fields[6].lower() if len(fields) == 7 else "no"
+    if flag not in ("causal", "yes", "1", "true", "no", "0", "false", ""):
+        raise ValueError(f"shape {text!r}: causal field must be causal/yes/no, got {fields[6]!r}")
+    shape = Shape(*dims, causal=flag in ("causal", "yes", "1", "true"))
+    if min(dims) < 1 or shape.q_heads % shape.kv_heads:
+        raise ValueError(f"shape {text!r}: sizes must be >= 1 and Hq a multiple of Hkv")
+    return shape
+
+
+SHAPE_SETS: dict[str, list[Shape]] = {
+    "quick": [
+        Shape(1, 8, 8, 1024, 1024, 64),
+        Shape(1, 8, 8, 1024, 1024, 64, causal=True),
+        Shape(1, 32, 32, 1, 8192, 128),
+        Shape(1, 1, 1, 16, 16, 16),
+    ],
+    "default": [
+        Shape(1, 8, 8, 1024, 1024, 64),
+        Shape(1, 8, 8, 1024, 1024, 64, causal=True),
+        Shape(1, 32, 8, 1024, 1024, 128, causal=True),  # grouped-query attention
+        Shape(4, 8, 8, 512, 512, 64),
+        Shape(1, 32, 32, 1, 8192, 128),  # decode step
+        Shape(1, 1, 1, 16, 16, 16),  # tiny: per-call overhead
+    ],
+    "full": [
+        Shape(1, 8, 8, 1024, 1024, 64),
+        Shape(1, 16, 16, 2048, 2048, 64),
+        Shape(1, 8, 8, 4096, 4096, 128),
+        Shape(1, 16, 16, 2048, 2048, 64, causal=True),
+        Shape(4, 8, 8, 512, 512, 64),
+        Shape(1, 32, 8, 1024, 1024, 128, causal=True),  # grouped-query attention
+        Shape(1, 32, 32, 1, 8192, 128),  # decode step
+        Shape(1, 32, 8, 1, 16384, 128),  # decode step, grouped-query attention
+        Shape(1, 1, 1, 16, 16, 16),  # tiny: per-call overhead
+    ],
+}
+
+
+def resolve_shapes(items: list[str]) -> list[Shape]:
+    """Expand preset names (quick/default/full) and explicit specs, keeping order, dropping repeats."""
+    shapes: list[Shape] = []
+    for item in items:
+        for shape in SHAPE_SETS.get(item) or [parse_shape(item)]:
+            if shape not in shapes:
+                shapes.append(shape)
+    return shapes
+
+
+# ----------------------------------------------------------------------------------------------------
+# Contenders
+# ----------------------------------------------------------------------------------------------------
+
+
+def make_inputs(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Standard-normal float32 q, k, v, C-contiguous, as a model's projections would give."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((shape.batch, shape.q_heads, shape.q_len, shape.head_dim), dtype=np.float32)
+    kv_shape = (shape.batch, shape.kv_heads, shape.kv_len, shape.head_dim)
+    k = rng.standard_normal(kv_shape, dtype=np.float32)
+    v = rng.standard_normal(kv_shape, dtype=np.float32)
+    return q, k, v
+
+
+def numpy_sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = False) -> np.ndarray:
+    """A good plain-NumPy SDPA: batched matmul, stable softmax, matmul; the baseline to beat.
+
+    GQA: the query heads sharing a kv head are consecutive (h // group), so they are stacked into the
+    rows of one matmul against that kv head, which is what repeating the kv heads computes, minus the
+    copy. Causal (top-left): masked scores are set to -inf before the softmax. Heads are processed in
+    chunks so the score matrix stays around NUMPY_SCRATCH_BYTES. The softmax is normalised after the
+    second matmul, dividing Lq x Dv values instead of Lq x Lk.
+    """
+    batch, q_heads, q_len, head_dim = q.shape
+    _, kv_heads, kv_len, v_dim = v.shape
+    group = q_heads // kv_heads
+    units = batch * kv_heads
+    qf = np.ascontiguousarray(q).reshape(units, group * q_len, head_dim)
+    kf = k.reshape(units, kv_len, head_dim)
+    vf = v.reshape(units, kv_len, v_dim)
+    out = np.empty((units, group * q_len, v_dim), dtype=q.dtype)
+    masked = ~np.tri(q_len, kv_len, dtype=bool) if causal else None  # True where key j > query i
+    scale = q.dtype.type(1.0 / math.sqrt(head_dim))
+    step = max(1, NUMPY_SCRATCH_BYTES // (group * q_len * kv_len * q.itemsize))
+    for start in range(0, units, step):
+        part = slice(start, start + step)
+        scores = np.matmul(qf[part] * scale, kf[part].transpose(0, 2, 1))
+        if masked is not None:
+            np.copyto(scores.reshape(-1, group, q_len, kv_len), -np.inf, where=masked)
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        denom = scores.sum(axis=-1, keepdims=True)
+        np.matmul(scores, vf[part], out=out[part])
+        out[part] /= denom
+    return out.reshape(batch, q_heads, q_len, v_dim)
+
+
+def fastattn_call(fastattn: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> Callable:
+    def run() -> np.ndarray:
+        return fastattn.scaled_dot_product_attention(q, k, v, causal=causal)
+
+    return run
+
+
+def numpy_call(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> Callable:
+    def run() -> np.ndarray:
+        return numpy_sdpa(q, k, v, causal=causal)
+
+    return run
+
+
+def torch_call(torch: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> Callable:
+    """torch's SDPA on zero-copy views of the same arrays; enable_gqa only where heads differ."""
+    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+    kwargs: dict[str, Any] = {"is_causal": causal}
+    if q.shape[1] != k.shape[1]:
+        kwargs["enable_gqa"] = True
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def run() -> Any:
+        return sdpa(tq, tk, tv, **kwargs)
+
+    return run
+
+
+def check_output(out: Any, ref: np.ndarray) -> dict[str, Any]:
+    """Compare a result with the NumPy one: max abs diff, relative to the largest |ref|."""
+    out = np.asarray(out)
+    if out.shape != ref.shape:
+        return {"ok": False, "rel_err": None, "max_abs_diff": None,
+                "reason": f"shape {out.shape} != {ref.shape}"}
+    diff = float(np.max(np.abs(out.astype(np.float64) - ref)))
+    peak = float(np.max(np.abs(ref))) or 1.0
+    rel = diff / peak
+    return {"ok": bool(math.isfinite(rel) and rel < MISMATCH_REL_TOL), "rel_err": rel,
+            "max_abs_diff": diff, "reason": None if math.isfinite(rel) else "non-finite values"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimingPlan:
+    min_sample_s: float  # shorter samples are dominated by timer resolution and loop overhead
+    budget_s: float  # target wall time of one shape's timed repetitions, all contenders together
+    min_reps: int
+    max_reps: int
+    fixed_reps: int | None = None  # --reps: skip the adaptive choice
+
+
+DEFAULT_PLAN = TimingPlan(min_sample_s=0.005, budget_s=3.0, min_reps=5, max_reps=50)
+QUICK_PLAN = TimingPlan(min_sample_s=0.002, budget_s=0.8, min_reps=3, max_reps=15)
+
+
+def time_calls(fn: Callable, calls: int) -> tuple[float, Any]:
+    """Seconds per call over `calls` back-to-back calls, and the last result.
+
+    The garbage collector is paused so a collection triggered by someone else's garbage does not land
+    in this sample (timeit does the same).
+    """
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        result = None
+        start = time.perf_counter()
+        for _ in range(calls):
+            result = fn()
+        elapsed = time.perf_counter() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return elapsed / calls, result
+
+
+def calibrate(fn: Callable, min_sample_s: float) -> tuple[int, float]:
+    """Warm fn up; return (calls per sample, estimated seconds per call).
+
+    Fast calls are batched so a sample lasts at least min_sample_s: the batch grows tenfold until it
+    is measurable, then is scaled to the target.
+    """
+    fn()  # warm-up: lazy initialisation, thread-pool start, first-touch page faults
+    calls = 1
+    while True:
+        per_call, _ = time_calls(fn, calls)
+        if per_call * calls >= min_sample_s / 10 or calls >= 1_000_000:
+            break
+        calls *= 10
+    if per_call >= min_sample_s:
+        return 1, per_call
+    return max(1, math.ceil(min_sample_s / max(per_call, 1e-9))), per_call
+
+
+def settle(max_s: float = 0.5, slice_s: float = 0.005) -> float:
+    """Sleep until this process's other threads stop burning CPU; return the seconds waited.
+
+    Thread pools spin-wait after a parallel call (OpenBLAS about 0.1 s, OpenMP runtimes from
+    microseconds to KMP_BLOCKTIME's 0.2 s) and would slow down the next contender. Process CPU time
+    counts every thread, so it barely advances during a sleep once they have all gone idle.
+    """
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_s:
+        cpu_before, wall_before = time.process_time(), time.perf_counter()
+        time.sleep(slice_s)
+        if time.process_time() - cpu_before < 0.25 * (time.perf_counter() - wall_before):
+            break
+    return time.perf_counter() - start
+
+
+def choose_reps(seconds_per_rep: float, plan: TimingPlan) -> int:
+    if plan.fixed_reps:
+        return plan.fixed_reps
+    fitting = int(plan.budget_s / max(seconds_per_rep, 1e-9))
+    return max(plan.min_reps, min(plan.max_reps, fitting))
+
+
+@dataclass
+class Timing:
+    median_s: float
+    min_s: float
+    samples_s: list[float]
+    calls_per_sample: int
+
+    @classmethod
+    def from_samples(cls, samples: list[float], calls: int) -> "Timing":
+        return cls(float(np.median(samples)), float(min(samples)), samples, calls)
+
+
+def time_interleaved(contenders: dict[str, Callable], plan: TimingPlan,
+                     on_rep: Callable[[int, int], None] | None = None,
+                     ) -> tuple[dict[str, Timing], dict[str, Any], dict[str, str]]:
+    """Time the contenders in turn within every repetition.
+
+    Returns the timings, each contender's last result, and the error message of each contender that
+    raised during warm-up (it is dropped, the others still run).
+    """
+    calls: dict[str, int] = {}
+    errors: dict[str, str] = {}
+    must_settle = len(contenders) > 1  # a contender slowed by its own spinning pool is its own cost
+    seconds_per_rep = 0.0
+    for name, fn in contenders.items():
+        try:
+            calls[name], per_call = calibrate(fn, plan.min_sample_s)
+        except Exception as exc:  # a failing contender must not stop the benchmark
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        seconds_per_rep += calls[name] * per_call + (settle() if must_settle else 0.0)
+    reps = choose_reps(seconds_per_rep, plan)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    last: dict[str, Any] = {}
+    for rep in range(reps):
+        if on_rep:
+            on_rep(rep, reps)
+        for name in calls:
+            per_call, last[name] = time_calls(contenders[name], calls[name])
+            samples[name].append(per_call)
+            if must_settle:
+                settle()
+    timings = {name: Timing.from_samples(samples[name], calls[name]) for name in calls}
+    return timings, last, errors
+
+
+# ----------------------------------------------------------------------------------------------------
+# Progress (stderr)
+# ----------------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """One status line on stderr: rewritten in place on a terminal; plain lines otherwise (logs, CI)."""
+
+    def __init__(self, quiet: bool = False, stream: Any = None):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def step(self, text: str) -> None:
+        """A new stage: shown on both terminals and logs."""
+        if self.quiet:
+            return
+        if self.tty:
+            self._rewrite(text)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def detail(self, text: str) -> None:
+        """A frequent update within a stage: only where it can overwrite itself."""
+        if self.tty and not self.quiet:
+            self._rewrite(text)
+
+    def clear(self) -> None:
+        if self.tty and not self.quiet:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def _rewrite(self, text: str) -> None:
+        width = shutil.get_terminal_size((100, 20)).columns - 1
+        self.stream.write("\r" + text[:width] + "\x1b[K")
+        self.stream.flush()
+
+
+def progress_bar(done: int, total: int, width: int = 20) -> str:
+    filled = round(width * done / max(total, 1))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Machine and software description
+# ----------------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def package_version(module: Any, dist_name: str) -> str:
+    version = getattr(module, "__version__", None)
+    if version:
+        return str(version)
+    try:
+        from importlib.metadata import version as dist_version
+
+        return dist_version(dist_name)
+    except Exception:
+        return "unknown"
+
+
+def import_torch(wanted: bool, notes: list[str]) -> Any:
+    """torch, or None with a note saying why its columns are missing."""
+    if not wanted:
+        notes.append("torch columns skipped (--no-torch)")
+        return None
+    try:
+        import torch
+    except Exception as exc:  # ImportError, or a broken install raising OSError
+        notes.append(f"torch columns skipped: torch not importable ({type(exc).__name__}: {exc})")
+        return None
+    return torch
+
+
+def blas_thread_limit(threads: int, notes: list[str]) -> contextlib.AbstractContextManager:
+    """Pin NumPy's BLAS pool to the thread count the others use, when threadpoolctl can."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        notes.append("NumPy's BLAS thread count is not pinned (threadpoolctl not installed)")
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hardware ceilings
+# ----------------------------------------------------------------------------------------------------
+
+
+def gemm_ceiling(torch: Any, n: int = 4096, reps: int = 3) -> dict[str, Any]:
+    """float32 n x n x n matmul GFLOP/s: what a compute-bound kernel could hope to reach here.
+
+    torch.matmul (MKL/oneDNN) at torch's thread count when torch is there, else NumPy's BLAS.
+    """
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        fn, source = (lambda: torch.matmul(ta, tb)), "torch.matmul"
+    else:
+        fn, source = (lambda: a @ b), "numpy.matmul"
+    fn()  # warm-up
+    seconds = float(np.median([time_calls(fn, 1)[0] for _ in range(reps)]))
+    return {"gflops": 2.0 * n**3 / seconds / 1e9, "n": n, "source": source, "seconds": seconds}
+
+
+def copy_bandwidth(megabytes: int = 256, reps: int = 5) -> dict[str, Any]:
+    """np.copyto of a buffer much larger than caches, counting bytes read plus written (STREAM copy).
+
+    A single-threaded figure: several threads streaming K and V can exceed it on some machines.
+    """
+    src = np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # warm-up: first-touch page faults on dst
+    seconds = float(np.median([time_calls(lambda: np.copyto(dst, src), 1)[0] for _ in range(reps)]))
+    return {"gbs": 2.0 * src.nbytes / seconds / 1e9, "megabytes": megabytes,
+            "source": "np.copyto, 1 thread", "seconds": seconds}
+
+
+def measure_ceilings(torch: Any, quick: bool, progress: Progress) -> dict[str, Any]:
+    progress.step("measuring ceilings: GEMM ...")
+    gemm = gemm_ceiling(torch, n=2048 if quick else 4096)
+    progress.step("measuring ceilings: memory copy ...")
+    copy = copy_bandwidth()
+    progress.clear()
+    return {"gemm": gemm, "copy": copy}
+
+
+def describe_ceilings(ceilings: dict[str, Any], threads: int) -> str:
+    gemm, copy = ceilings["gemm"], ceilings["copy"]
+    return (f"ceilings: GEMM {gemm['n']}^3 float32 ({gemm['source']}, {threads} threads) "
+            f"{gemm['gflops']:.1f} GFLOP/s | copy {copy['megabytes']} MB ({copy['source']}) "
+            f"{copy['gbs']:.1f} GB/s")
+
+
+# ----------------------------------------------------------------------------------------------------
+# One shape
+# ----------------------------------------------------------------------------------------------------
+
+
+def bench_shape(shape: Shape, fastattn: Any, torch: Any, plan: TimingPlan,
+                on_rep: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Time fastattn, NumPy and (if given) torch on one shape, then check fastattn against NumPy."""
+    q, k, v = make_inputs(shape)
+    contenders = {
+        "fastattn": fastattn_call(fastattn, q, k, v, shape.causal),
+        "numpy": numpy_call(q, k, v, shape.causal),
+    }
+    if torch is not None:
+        contenders["torch"] = torch_call(torch, q, k, v, shape.causal)
+    timings, last, errors = time_interleaved(contenders, plan, on_rep)
+    row = new_row(shape, timings, errors)
+    if "fastattn" in timings:
+        row["kernel"] = fastattn.last_kernel()
+        if "numpy" in last:
+            row["check"] = check_output(last["fastattn"], last["numpy"])
+    if "torch" in last and "numpy" in last:
+        # Not a verdict on fastattn: it tells whether the NumPy reference itself is trustworthy.
+        row["torch_check"] = check_output(last["torch"].numpy(), last["numpy"])
+    return row
+
+
+def new_row(shape: Shape, timings: dict[str, Timing], errors: dict[str, str]) -> dict[str, Any]:
+    """A result row: the shape, its work, every contender's timing, and the derived rates."""
+    row: dict[str, Any] = {
+        "shape": asdict(shape), "label": shape.label, "flops": shape.flops, "kv_bytes": shape.kv_bytes,
+        "decode": shape.is_decode, "times": {name: asdict(t) for name, t in timings.items()},
+        "errors": errors, "kernel": None, "check": None, "isa_times": {},
+    }
+    fast = timings.get("fastattn")
+    if fast:
+        row["gflops"] = shape.flops / fast.median_s / 1e9
+        row["gbs"] = shape.kv_bytes / fast.median_s / 1e9 if shape.is_decode else None
+        for other in ("numpy", "torch"):
+            if other in timings:
+                row[f"speedup_vs_{other}"] = timings[other].median_s / fast.median_s
+    return row
+
+
+def run_shapes(shapes: list[Shape], fastattn: Any, torch: Any, plan: TimingPlan,
+               progress: Progress) -> list[dict[str, Any]]:
+    rows = []
+    for i, shape in enumerate(shapes, 1):
+        prefix = f"[{i}/{len(shapes)}] {shape.label}"
+        progress.step(f"{prefix} warm-up ...")
+
+        def on_rep(rep: int, reps: int, prefix: str = prefix) -> None:
+            progress.detail(f"{prefix} {progress_bar(rep, reps)} rep {rep + 1}/{reps}")
+
+        try:
+            rows.append(bench_shape(shape, fastattn, torch, plan, on_rep))
+        except Exception as exc:  # e.g. MemoryError on a big custom shape: report it, go on
+            rows.append(new_row(shape, {}, {"shape": f"{type(exc).__name__}: {exc}"}))
+        gc.collect()  # release this shape's arrays before the next one allocates
+    progress.clear()
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-ISA runs: the ISA is fixed per process, so each one runs in its own subprocess
+# ----------------------------------------------------------------------------------------------------
+
+WORKER_CODE = "import sys, fastattn._benchmark as b; sys.exit(b.main(sys.argv[1:]))"
+
+
+def worker_main(shapes: list[Shape], fastattn: Any, plan: TimingPlan) -> int:
+    """--worker: time fastattn alone under this process's ISA; print one JSON line on stdout."""
+    rows = []
+    for shape in shapes:
+        q, k, v = make_inputs(shape)
+        timings, last, errors = time_interleaved({"fastattn": fastattn_call(fastattn, q, k, v, shape.causal)},
+                                                 plan)
+        row: dict[str, Any] = {"spec": shape.spec, "errors": errors, "median_s": None}
+        if "fastattn" in timings:
+            row.update(median_s=timings["fastattn"].median_s, kernel=fastattn.last_kernel(),
+                       check=check_output(last["fastattn"], numpy_sdpa(q, k, v, causal=shape.causal)))
+        rows.append(row)
+        gc.collect()
+    cpu = fastattn.backends()["cpu"]
+    print(json.dumps({"isa": cpu["isa"], "threads": fastattn.get_num_threads(), "rows": rows}))
+    return 0
+
+
+def run_isa_worker(isa: str, shapes: list[Shape], threads: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Re-run this benchmark's fastattn column in a subprocess with FASTATTN_CPU_ISA=isa."""
+    command = [sys.executable, "-c", WORKER_CODE, "--worker", "--threads", str(threads),
+               "--shapes", *(s.spec for s in shapes)]
+    if args.quick:
+        command.append("--quick")
+    if args.reps:
+        command += ["--reps", str(args.reps)]
+    env = dict(os.environ, FASTATTN_CPU_ISA=isa)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"isa": isa, "error": f"worker exited {done.returncode}: {tail}", "rows": []}
+    return json.loads(lines[-1])
+
+
+def run_isas(shapes: list[Shape], rows: list[dict[str, Any]], isas: list[str], threads: int,
+             args: argparse.Namespace, progress: Progress, notes: list[str]) -> None:
+    """Add each ISA's fastattn timing and check to the rows (row['isa_times'][isa])."""
+    for i, isa in enumerate(isas, 1):
+        progress.step(f"[isa {i}/{len(isas)}] FASTATTN_CPU_ISA={isa}: timing fastattn in a subprocess ...")
+        result = run_isa_worker(isa, shapes, threads, args)
+        if result.get("error"):
+            notes.append(f"ISA {isa}: {result['error']}")
+        by_spec = {r["spec"]: r for r in result["rows"]}
+        for shape, row in zip(shapes, rows):
+            row["isa_times"][isa] = by_spec.get(shape.spec)
+            worker_row = by_spec.get(shape.spec) or {}
+            if worker_row.get("check") and not worker_row["check"]["ok"]:
+                notes.append(f"ISA {isa} MISMATCH on {shape.label}: rel err {worker_row['check']['rel_err']}")
+            if worker_row.get("kernel") and f"/{isa}/" not in f"/{worker_row['kernel']}/":
+                notes.append(f"ISA {isa} forced, but {shape.label} was served by {worker_row['kernel']}")
+    progress.clear()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------
+
+
+def fmt_ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
+def fmt_rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def fmt_percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def fmt_check(row: dict[str, Any]) -> str:
+    if row["errors"].get("fastattn") or row["errors"].get("shape"):
+        return "ERROR"
+    check = row["check"]
+    if check is None:
+        return "unchecked"
+    detail = f"{check['rel_err']:.0e}" if check["rel_err"] is not None else check["reason"]
+    return ("ok " if check["ok"] else "MISMATCH ") + detail
+
+
+def median_of(row: dict[str, Any], name: str) -> float | None:
+    timing = row["times"].get(name)
+    return timing["median_s"] if timing else None
+
+
+Column = tuple[str, str, Callable[[dict[str, Any]], str]]  # title, "<" or ">", cell text
+
+
+def table_columns(has_torch: bool, isas: list[str], ceilings: dict[str, Any] | None) -> list[Column]:
+    columns: list[Column] = [
+        ("shape (B,Hq,Hkv,Lq,Lk,D)", "<", lambda r: r["label"]),
+        ("fastattn ms", ">", lambda r: fmt_ms(median_of(r, "fastattn"))),
+    ]
+    for isa in isas:
+        columns.append((f"{isa} ms", ">", lambda r, isa=isa: fmt_ms((r["isa_times"].get(isa) or {}).get("median_s"))))
+    columns += [
+        ("GFLOP/s", ">", lambda r: fmt_rate(r.get("gflops"))),
+        ("GB/s", ">", lambda r: fmt_rate(r.get("gbs"))),
+    ]
+    if ceilings:
+        gemm, copy = ceilings["gemm"]["gflops"], ceilings["copy"]["gbs"]
+        columns += [
+            ("%GEMM", ">", lambda r: fmt_percent(r["gflops"] / gemm if r.get("gflops") else None)),
+            ("%copy", ">", lambda r: fmt_percent(r["gbs"] / copy if r.get("gbs") else None)),
+        ]
+    columns += [
+        ("NumPy ms", ">", lambda r: fmt_ms(median_of(r, "numpy"))),
+        ("vs NumPy", ">", lambda r: fmt_ratio(r.get("speedup_vs_numpy"))),
+    ]
+    if has_torch:
+        columns += [
+            ("torch ms", ">", lambda r: fmt_ms(median_of(r, "torch"))),
+            ("vs torch", ">", lambda r: fmt_ratio(r.get("speedup_vs_torch"))),
+        ]
+    columns += [
+        ("check", "<", fmt_check),
+        ("kernel", "<", lambda r: r["kernel"] or "-"),
+    ]
+    return columns
+
+
+def render_table(rows: list[dict[str, Any]], columns: list[Column]) -> str:
+    """Plain aligned text: titles, a rule, one line per row."""
+    cells = [[text(row) for _, _, text in columns] for row in rows]
+    widths = [max([len(title)] + [len(line[i]) for line in cells]) for i, (title, _, _) in enumerate(columns)]
+
+    def line(values: list[str]) -> str:
+        parts = [v.ljust(w) if align == "<" else v.rjust(w)
+                 for v, w, (_, align, _) in zip(values, widths, columns)]
+        return "  ".join(parts).rstrip()
+
+    header = line([title for title, _, _ in columns])
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([header, rule] + [line(c) for c in cells])
+
+
+def render_markdown(rows: list[dict[str, Any]], columns: list[Column]) -> str:
+    """The same table as GitHub markdown, for bench/RESULTS.md."""
+    titles = [title for title, _, _ in columns]
+    aligns = ["---" if align == "<" else "---:" for _, align, _ in columns]
+    lines = ["| " + " | ".join(titles) + " |", "| " + " | ".join(aligns) + " |"]
+    lines += ["| " + " | ".join(text(row) for _, _, text in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def header_line(meta: dict[str, Any]) -> str:
+    return (f"fastattn {meta['versions']['fastattn']} | ISA {meta['isa']} "
+            f"(available: {', '.join(meta['available_isas'])}) | threads {meta['threads']} | "
+            f"CPU {meta['cpu']} ({os.cpu_count()} logical) | numpy {meta['versions']['numpy']} | "
+            f"torch {meta['versions']['torch']} | python {meta['versions']['python']}")
+
+
+def method_line(plan: TimingPlan, rows: list[dict[str, Any]]) -> str:
+    reps = [len(t["samples_s"]) for r in rows for t in r["times"].values()]
+    span = f"{min(reps)}-{max(reps)}" if reps else "0"
+    return (f"times: median of {span} interleaved repetitions per shape (fastattn, NumPy, torch in turn), "
+            f"after warm-up, idle thread pools awaited between contenders; short calls batched into "
+            f"samples of >= {plan.min_sample_s * 1e3:g} ms. "
+            f"GFLOP/s counts 4*B*Hq*Lq*Lk*D (halved if causal); GB/s (decode) counts K and V read once.")
+
+
+def write_png(path: str, rows: list[dict[str, Any]], meta: dict[str, Any], notes: list[str]) -> None:
+    """Bar chart of fastattn's speedup over NumPy and torch per shape (log scale, 1x marked)."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    except Exception as exc:
+        notes.append(f"--png skipped: matplotlib not importable ({type(exc).__name__})")
+        return
+    series = [(name, [r.get(f"speedup_vs_{name}") or 0.0 for r in rows])
+              for name in ("numpy", "torch") if any(r.get(f"speedup_vs_{name}") for r in rows)]
+    fig = Figure(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    width = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=f"vs {name}")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_ylabel("fastattn speedup (x)")
+    ax.set_xticks(x, [r["label"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_title(f"fastattn SDPA, float32, ISA {meta['isa']}, {meta['threads']} threads, {meta['cpu']}",
+                 fontsize=9)
+    ax.legend()
+    fig.savefig(path, dpi=120)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m fastattn bench",
+        description="Time fastattn.scaled_dot_product_attention (float32, CPU) against NumPy and PyTorch.")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller shape set")
+    parser.add_argument("--full", action="store_true", help="the full shape set (bench/bench_sdpa.py default)")
+    parser.add_argument("--shapes", nargs="+", metavar="SHAPE",
+                        help="shape sets (quick, default, full) and/or shapes 'B,Hq,Hkv,Lq,Lk,D[,causal]'")
+    parser.add_argument("--threads", type=int, metavar="N", help="threads for fastattn, torch (and BLAS)")
+    parser.add_argument("--reps", type=int, metavar="N", help="fixed repetitions per shape (default: adaptive)")
+    parser.add_argument("--json", metavar="PATH", help="write all results and the setup as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="write the table as GitHub markdown")
+    parser.add_argument("--png", metavar="PATH", help="bar chart of speedups (needs matplotlib)")
+    parser.add_argument("--isas", action="store_true",
+                        help="also time fastattn under every available ISA (one subprocess each)")
+    parser.add_argument("--no-torch", dest="torch", action="store_false", help="leave torch out")
+    parser.add_argument("--ceilings", action=argparse.BooleanOptionalAction, default=False,
+                        help="measure GEMM and memory-copy ceilings and show each shape's fraction")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # run_isa_worker's child
+    args = parser.parse_args(argv)
+    try:
+        preset = "full" if args.full else "quick" if args.quick else "default"
+        args.shape_list = resolve_shapes(args.shapes or [preset])
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    if args.reps is not None and args.reps < 1:
+        parser.error("--reps must be >= 1")
+    return args
+
+
+def timing_plan(args: argparse.Namespace) -> TimingPlan:
+    plan = QUICK_PLAN if args.quick else DEFAULT_PLAN
+    return TimingPlan(**{**asdict(plan), "fixed_reps": args.reps})
+
+
+def collect_meta(fastattn: Any, torch: Any, threads: int, plan: TimingPlan) -> dict[str, Any]:
+    cpu = fastattn.backends()["cpu"]
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv, "isa": cpu["isa"], "available_isas": list(cpu["available_isas"]),
+        "threads": threads, "cpu": cpu_model(), "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(), "plan": asdict(plan),
+        "versions": {
+            "fastattn": package_version(fastattn, "fastattn"), "numpy": np.__version__,
+            "torch": package_version(torch, "torch") if torch is not None else "absent",
+            "python": platform.python_version(),
+        },
+    }
+
+
+def write_outputs(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[Column],
+                  meta: dict[str, Any], notes: list[str]) -> None:
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"meta": {**meta, "notes": notes}, "rows": rows}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(f"{header_line(meta)}\n\n{render_markdown(rows, columns)}\n")
+    if args.png:
+        write_png(args.png, rows, meta, notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every fastattn result matched NumPy, 1 otherwise, 2 if unusable."""
+    args = parse_args(argv)
+    try:
+        import fastattn
+    except ImportError as exc:
+        print(f"fastattn bench: cannot import fastattn ({exc}); build and install it first", file=sys.stderr)
+        return 2
+    if args.threads:
+        fastattn.set_num_threads(args.threads)
+    threads = fastattn.get_num_threads()
+    plan = timing_plan(args)
+    if args.worker:
+        return worker_main(args.shape_list, fastattn, plan)
+
+    notes: list[str] = []
+    progress = Progress(quiet=args.quiet)
+    torch = import_torch(args.torch, notes)
+    if torch is not None:
+        torch.set_num_threads(threads)  # same cores for both, or the comparison means nothing
+    with blas_thread_limit(threads, notes):
+        meta = collect_meta(fastattn, torch, threads, plan)
+        print(header_line(meta), flush=True)
+        ceilings = measure_ceilings(torch, args.quick, progress) if args.ceilings else None
+        if ceilings:
+            meta["ceilings"] = ceilings
+            print(describe_ceilings(ceilings, threads), flush=True)
+        rows = run_shapes(args.shape_list, fastattn, torch, plan, progress)
+    isas = meta["available_isas"] if args.isas else []
+    if isas:
+        run_isas(args.shape_list, rows, isas, threads, args, progress, notes)
+        notes.append("per-ISA columns come from separate processes, timed after the main run "
+                     "(not interleaved with the others)")
+    for row in rows:
+        notes += [f"{row['label']} {name}: {message}" for name, message in row["errors"].items()]
+        if row.get("torch_check") and not row["torch_check"]["ok"]:
+            notes.append(f"{row['label']}: torch disagrees with the NumPy reference too "
+                         f"(rel err {row['torch_check']['rel_err']}): suspect the reference")
+
+    columns = table_columns(torch is not None, isas, ceilings)
+    print(method_line(plan, rows))
+    print()
+    print(render_table(rows, columns))
+    write_outputs(args, rows, columns, meta, notes)
+    if notes:
+        print()
+        print("\n".join(f"note: {n}" for n in notes))
+    failed = [r for r in rows if fmt_check(r) != "unchecked" and not fmt_check(r).startswith("ok")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Checking and normalising the arguments of scaled_dot_product_attention, in one place.
+
+Every shape, dtype and option is checked here, with the offending shapes or values in the message,
+and every operand is brought to the form the kernels take: the same number of dims (batch dims
+first, size 1 where broadcast), the same storage dtype, the last dim contiguous. The kernels trust it.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from . import _dtypes
+
+# Window extents at or beyond this are "unbounded" (the kernels take -1 for that).
+_UNBOUNDED = 1 << 59
+
+
+class SdpaCall(NamedTuple):
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    out: np.ndarray  # kernel-shaped (>= 3 dims) view of `result`
+    result: np.ndarray  # what the caller gets: out= itself or a new array, in the caller's layout
+    lse: Optional[np.ndarray]  # kernel-shaped (batch..., Hq, Lq) or None
+    lse_result: Optional[np.ndarray]
+    mask: Optional[np.ndarray]
+    kv_lengths: Optional[np.ndarray]
+    dtype_code: int
+    scale: float
+    diag: int
+    left: int
+    right: int
+
+
+def _as_operand(x: Any, dtype: np.dtype) -> np.ndarray:
+    """x in `dtype`, with a contiguous, aligned last dim (copied only when it is not)."""
+    a = x if x.dtype == dtype else x.astype(dtype)
+    itemsize = a.itemsize
+    if (a.shape[-1] > 1 and a.strides[-1] != itemsize) or not a.flags.aligned or any(
+        s % itemsize for s in a.strides
+    ):
+        a = np.ascontiguousarray(a)
+    return a
+
+
+def _with_leading_ones(a: np.ndarray, ndim: int) -> np.ndarray:
+    return a if a.ndim == ndim else a.reshape((1,) * (ndim - a.ndim) + a.shape)
+
+
+def broadcast_batch(shapes, names) -> Tuple[int, ...]:
+    """NumPy broadcasting of batch shapes, with the shapes named in the error."""
+    nb = max(len(s) for s in shapes)
+    out = [1] * nb
+    for s in shapes:
+        for i, n in enumerate(s, start=nb - len(s)):
+            if n != 1:
+                if out[i] != 1 and out[i] != n:
+                    listed = ", ".join(f"{name} {shape}" for name, shape in zip(names, shapes))
+                    raise ValueError(f"batch dims do not broadcast: {listed}")
+                out[i] = n
+    return tuple(out)
+
+
+def _causal_mode(causal: Any) -> Optional[str]:
+    if causal is None or causal is False or (isinstance(causal, np.bool_) and not causal):
+        return None
+    if causal is True or isinstance(causal, np.bool_) or causal == "top_left":
+        return "top_left"
+    if causal == "bottom_right":
+        return "bottom_right"
+    raise ValueError(
+        f"causal must be False, True, 'top_left' or 'bottom_right', got {causal!r}"
+    )
+
+
+def _window_extent(x: Any, which: str) -> int:
+    if x is None:
+        return -1
+    try:
+        n = operator.index(x)
+    except TypeError:
+        raise ValueError(f"window {which} extent must be a non-negative int or None, got {x!r}")
+    if n < 0:
+        raise ValueError(f"window {which} extent must be >= 0, got {n}")
+    return -1 if n >= _UNBOUNDED else n
+
+
+def _window(window: Any) -> Tuple[int, int]:
+    if window is None:
+        return -1, -1
+    if isinstance(window, (str, bytes)) or not hasattr(window, "__len__") or len(window) != 2:
+        raise ValueError(f"window must be a pair (left, right) of ints or None, got {window!r}")
+    return _window_extent(window[0], "left"), _window_extent(window[1], "right")
+
+
+def _scale(scale: Any, d: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(d) if d > 0 else 1.0
+    if isinstance(scale, (str, bytes)) or isinstance(scale, complex):
+        raise TypeError(f"scale must be a real number, got {scale!r}")
+    try:
+        return float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"scale must be a real number, got {scale!r}") from None
+
+
+def _mask(attn_mask: Any, dtype: np.dtype, full: Tuple[int, ...]) -> np.ndarray:
+    """The mask as bool or as the compute dtype, with full's ndim, each dim 1 or full's."""
+    m = np.asarray(attn_mask)
+    if m.dtype != np.bool_:
+        if not _dtypes.is_supported_float(m.dtype):
+            raise TypeError(
+                f"attn_mask has dtype {m.dtype}; it must be bool (True = attend) or float (added "
+                "to the scores)"
+            )
+        m = m.astype(_dtypes.compute_dtype(dtype), copy=False)
+    if m.ndim > len(full) or any(
+        n != 1 and n != want for n, want in zip(m.shape[::-1], full[::-1])
+    ):
+        raise ValueError(
+            f"attn_mask of shape {m.shape} does not broadcast to (*batch, Hq, Lq, Lk) = {full}"
+        )
+    m = _with_leading_ones(m, len(full))
+    if not m.flags.aligned or any(s % m.itemsize for s in m.strides):
+        m = np.ascontiguousarray(m)
+    return m
+
+
+def _kv_lengths(kv_lengths: Any, batch: Tuple[int, ...], lk: int) -> np.ndarray:
+    kl = np.asarray(kv_lengths)
+    if kl.dtype.kind not in "iu":
+        raise TypeError(f"kv_lengths must be integers, got dtype {kl.dtype}")
+    if kl.ndim > len(batch) or any(
+        n != 1 and n != want for n, want in zip(kl.shape[::-1], batch[::-1])
+    ):
+        raise ValueError(
+            f"kv_lengths of shape {kl.shape} does not broadcast to the batch dims {batch}"
+        )
+    if kl.size and (kl.min() < 0 or kl.max() > lk):
+        bad = kl.min() if kl.min() < 0 else kl.max()
+        raise ValueError(f"kv_lengths must lie in [0, Lk={lk}], got {bad}")
+    return _with_leading_ones(kl.astype(np.int64, copy=False), len(batch))
+
+
+def _out(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    if out.shape != shape or out.dtype != dtype:
+        raise ValueError(
+            f"out has shape {out.shape} and dtype {out.dtype}; expected shape {shape} and dtype "
+            f"{dtype}"
+        )
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    if any(np.may_share_memory(out, a) for a in inputs):
+        raise ValueError("out overlaps an input; pass a separate array")
+    return out
+
+
+def prepare(
+    query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out
+) -> SdpaCall:
+    q, k, v = np.asarray(query), np.asarray(key), np.asarray(value)
+    dtype = _dtypes.common_float_dtype((q, k, v), ("query", "key", "value"))
+    for a, name in ((q, "query"), (k, "key"), (v, "value")):
+        if a.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dims (L, D), got shape {a.shape}")
+    two_d = q.ndim == 2 and k.ndim == 2 and v.ndim == 2
+    # A 2-D (L, D) operand is one head.
+    q3, k3, v3 = (a[None] if a.ndim == 2 else a for a in (q, k, v))
+    hq, lq, d = q3.shape[-3:]
+    hkv, lk, dk = k3.shape[-3:]
+    hv, lv, dv = v3.shape[-3:]
+    if d != dk:
+        raise ValueError(
+            f"query and key head dims differ: query {q.shape} has D={d}, key {k.shape} has D={dk}"
+        )
+    if lk != lv or hkv != hv:
+        raise ValueError(
+            f"key {k.shape} and value {v.shape} must agree in heads and length (..., Hkv, Lk, *)"
+        )
+    if (hkv == 0 and hq != 0) or (hkv and hq % hkv):
+        raise ValueError(
+            f"query heads ({hq}) must be a multiple of key/value heads ({hkv}): query {q.shape}, "
+            f"key {k.shape}"
+        )
+    batch = broadcast_batch(
+        (q3.shape[:-3], k3.shape[:-3], v3.shape[:-3]), ("query", "key", "value")
+    )
+    ndim = len(batch) + 3
+    qn, kn, vn = (_with_leading_ones(_as_operand(a, dtype), ndim) for a in (q3, k3, v3))
+
+    mask = None
+    if attn_mask is not None:
+        mask = _mask(attn_mask, dtype, batch + (hq, lq, lk))
+    lengths = None
+    if kv_lengths is not None:
+        lengths = _kv_lengths(kv_lengths, batch, lk)
+
+    mode = _causal_mode(causal)
+    left, right = _window(window)
+    if mode is not None:
+        right = 0 if right < 0 else min(right, 0)
+    diag = lk - lq if mode == "bottom_right" else 0
+
+    kernel_shape = batch + (hq, lq, dv)
+    result_shape = (lq, dv) if two_d else kernel_shape
+    result = _out(out, result_shape, dtype, (q, k, v))
+    kernel_out = result.reshape(kernel_shape) if two_d else result
+    lse = lse_result = None
+    if return_lse:
+        lse = np.empty(batch + (hq, lq), _dtypes.compute_dtype(dtype))
+        lse_result = lse.reshape(lq) if two_d else lse
+    return SdpaCall(
+        qn, kn, vn, kernel_out, result, lse, lse_result, mask, lengths,
+        _dtypes.code_of(dtype), _scale(scale, d), diag, left, right,
+    )

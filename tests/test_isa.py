@@ -1,0 +1,94 @@
+"""Every CPU path: each available ISA forced through FASTATTN_CPU_ISA in a fresh
+interpreter runs a compact sweep; forcing an ISA the CPU lacks (or a bogus name)
+is a clean RuntimeError, never a crash (SIGILL)."""
+
+import secrets
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastattn
+from helpers import TESTS_DIR, run_python, subprocess_env
+
+ALL_ISAS = ["scalar", "avx2", "avx512"]
+_info = fastattn.backends()["cpu"]
+AVAILABLE = list(_info["available_isas"])
+UNAVAILABLE = sorted(set(ALL_ISAS) - set(AVAILABLE)) + ["sse9"]
+
+
+def _explain(r):
+    return f"returncode={r.returncode}\n--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-6000:]}"
+
+
+@pytest.mark.parametrize("isa", AVAILABLE)
+def test_forced_isa_sweep(isa):
+    seed = secrets.randbits(63)
+    print(f"seed {seed}")
+    r = run_python(f"import isa_sweep; isa_sweep.main({isa!r}, {seed})", timeout=400, FASTATTN_CPU_ISA=isa)
+    assert r.returncode == 0, _explain(r)
+    assert f"OK {isa}" in r.stdout, _explain(r)
+
+
+def test_forced_isas_agree():
+    # the same inputs through every available path give (nearly) the same answer
+    code = (
+        "import sys, numpy as np, fastattn\n"
+        "rng = np.random.default_rng(%d)\n"
+        "q = rng.standard_normal((2, 4, 77, 40)).astype(np.float32)\n"
+        "k = rng.standard_normal((2, 2, 91, 40)).astype(np.float32)\n"
+        "v = rng.standard_normal((2, 2, 91, 24)).astype(np.float32)\n"
+        "o, l = fastattn.scaled_dot_product_attention(q, k, v, causal='bottom_right', return_lse=True)\n"
+        "sys.stdout.buffer.write(np.concatenate([o.ravel(), l.ravel()]).astype(np.float64).tobytes())\n"
+    ) % secrets.randbits(31)
+    outs = {}
+    for isa in AVAILABLE:
+        r = subprocess.run([sys.executable, "-c", code], cwd=TESTS_DIR, env=subprocess_env(FASTATTN_CPU_ISA=isa),
+                           capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+        outs[isa] = np.frombuffer(r.stdout, dtype=np.float64)
+    base = outs["scalar"]
+    assert base.size == 2 * 4 * 77 * 24 + 2 * 4 * 77
+    for isa, o in outs.items():
+        np.testing.assert_allclose(o, base, rtol=2e-5, atol=2e-6, err_msg=isa)
+
+
+def _error_message(stderr):
+    i = stderr.rfind("RuntimeError")
+    return stderr[i:] if i >= 0 else ""
+
+
+@pytest.mark.parametrize("isa", UNAVAILABLE)
+def test_unavailable_isa_kernel_call_raises(isa):
+    code = (
+        "import numpy as np\n"
+        "import fastattn\n"
+        "print('IMPORTED', flush=True)\n"
+        "q = np.ones((2, 5, 8), np.float32)\n"
+        "fastattn.scaled_dot_product_attention(q, q, q)\n"
+        "print('NO ERROR', flush=True)\n"
+    )
+    r = run_python(code, timeout=120, FASTATTN_CPU_ISA=isa)
+    assert r.returncode >= 0, f"killed by signal {-r.returncode} (SIGILL is 4)\n" + _explain(r)
+    assert r.returncode == 1, _explain(r)
+    assert "IMPORTED" in r.stdout, "importing fastattn must not fail\n" + _explain(r)
+    assert "NO ERROR" not in r.stdout
+    last = _error_message(r.stderr)
+    assert last.startswith("RuntimeError"), _explain(r)
+    assert isa in last, f"message must name the requested ISA {isa!r}: {last}"
+    for avail in AVAILABLE:
+        assert avail in last, f"message must name the available ISA {avail!r}: {last}"
+
+
+@pytest.mark.parametrize("isa", UNAVAILABLE)
+def test_unavailable_isa_backends_raises(isa):
+    code = "import fastattn\nprint('IMPORTED', flush=True)\nfastattn.backends()\nprint('NO ERROR', flush=True)\n"
+    r = run_python(code, timeout=120, FASTATTN_CPU_ISA=isa)
+    assert r.returncode >= 0, f"killed by signal {-r.returncode}\n" + _explain(r)
+    assert r.returncode == 1, _explain(r)
+    assert "IMPORTED" in r.stdout and "NO ERROR" not in r.stdout, _explain(r)
+    last = _error_message(r.stderr)
+    assert last.startswith("RuntimeError") and isa in last, _explain(r)
+    for avail in AVAILABLE:
+        assert avail in last, f"message must name the available ISA {avail!r}: {last}"
