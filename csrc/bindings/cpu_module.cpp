@@ -75,7 +75,7 @@ std::vector<int64_t> batch_offsets(const py::array& a, const std::vector<int64_t
 void check_operand(const py::array& a, const char* name, py::ssize_t ndim, int64_t itemsize) {
   if (a.ndim() != ndim) internal_error(std::string(name) + " has the wrong ndim");
   if (a.itemsize() != itemsize) internal_error(std::string(name) + " has the wrong dtype");
-  if (a.shape(ndim - 1) > 1 && a.strides(ndim - 1) != itemsize)
+  if (a.size() > 0 && a.shape(ndim - 1) > 1 && a.strides(ndim - 1) != itemsize)
     internal_error(std::string(name) + " is not contiguous in its last dim");
 }
 

@@ -14,6 +14,8 @@ import os
 import threading
 from typing import Any, Iterator, Optional
 
+import numpy as np
+
 from . import _cpu
 
 _NAMES = ("auto", "cpu", "cuda")
@@ -21,6 +23,8 @@ _default: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
     "fastattn_backend", default=None
 )
 _last = threading.local()
+# Read once, like the other FASTATTN_* settings: the default backend for backend="auto".
+_env_backend = os.environ.get("FASTATTN_BACKEND") or None
 
 
 def _cuda_module():
@@ -50,6 +54,8 @@ def _check_name(name: str) -> str:
 
 
 def _on_gpu(x: Any) -> bool:
+    if type(x) is np.ndarray:
+        return False
     return hasattr(x, "__cuda_array_interface__") or (
         hasattr(x, "__dlpack_device__") and not hasattr(x, "__array_interface__")
         and _dlpack_is_cuda(x)
@@ -68,7 +74,7 @@ def select(backend: str, *arrays: Any) -> str:
     """The backend that serves a call: the explicit one, else use_backend's / FASTATTN_BACKEND's,
     else CUDA when the inputs live on the GPU, else CPU. Raises RuntimeError if it is not there."""
     if backend == "auto":
-        backend = _default.get() or os.environ.get("FASTATTN_BACKEND") or "auto"
+        backend = _default.get() or _env_backend or "auto"
     _check_name(backend)
     if backend == "auto":
         backend = "cuda" if any(_on_gpu(a) for a in arrays) else "cpu"
