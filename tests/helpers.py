@@ -50,6 +50,7 @@ def is_half(dt):
 def expected_out_dtype(*dtypes):
     """np.result_type, except float16 with bfloat16 gives float32."""
     dts = [np.dtype(d) for d in dtypes]
+    dts = [d.newbyteorder("=") if d.byteorder not in "=|" else d for d in dts]
     if BF16 is not None and BF16 in dts and F16 in dts:
         return F32 if F64 not in dts else F64
     return np.result_type(*dts)

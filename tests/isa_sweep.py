@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 import fastattn
-from helpers import BF16, check_sdpa, make_mask, make_qkv, randn
+from helpers import BF16, check_sdpa, make_mask, make_qkv
 
 HEAD_DIMS = [1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 129]
 KEY_LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 65, 130]

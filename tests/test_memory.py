@@ -25,7 +25,8 @@ rng = np.random.default_rng(SEED)
 q = rng.standard_normal((1, L, D), dtype=np.float32)
 k = rng.standard_normal((1, L, D), dtype=np.float32)
 v = rng.standard_normal((1, L, D), dtype=np.float32)
-out = np.zeros((1, L, D), np.float32)
+out = np.empty((1, L, D), np.float32)
+out.fill(1.0)  # touch every page now (np.zeros pages would only be mapped on first write)
 # warm up the thread pool and any lazy initialisation on a small problem
 fastattn.scaled_dot_product_attention(q[:, :256], k[:, :256], v[:, :256], causal=True)
 

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fastattn
 from helpers import (
     BF16, DTYPE_NAMES, check_sdpa, dtype_from_name, expected_out_dtype, make_mask, make_qkv, randn,
     sdpa,
@@ -24,7 +23,7 @@ LENGTHS = [(1, 1), (1, 7), (7, 1), (7, 65), (65, 7), (65, 65), (1000, 65), (65, 
 
 @pytest.mark.parametrize("lq,lk", LENGTHS)
 @pytest.mark.parametrize("d", HEAD_DIMS)
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
 def test_head_dims_and_lengths(rng, dtype, d, lq, lk):
     dt = dtype_from_name(dtype)
     big = lq * lk >= 65000
@@ -141,6 +140,35 @@ def test_masks_other_dtypes(rng, kind, dtype):
     check_sdpa(q, k, v, attn_mask=mask, causal="bottom_right", window=(10, None))
 
 
+@pytest.mark.parametrize("kind", MASK_KINDS[1:])
+@pytest.mark.parametrize("causal", [False, True, "bottom_right"])
+def test_masks_long(rng, kind, causal):
+    q, k, v = make_qkv(rng, hq=2, lq=1000, lk=777, d=64)
+    check_sdpa(q, k, v, attn_mask=make_mask(rng, kind, (1000, 777)), causal=causal)
+
+
+@pytest.mark.parametrize("mdtype", ["float64", "float16", "float32"])
+def test_additive_mask_dtype_differs_from_inputs(rng, mdtype):
+    q, k, v = make_qkv(rng, batch=(2,), hq=2, lq=30, lk=45, d=16)
+    mask = make_mask(rng, "additive_inf", (30, 45), np.dtype(mdtype))
+    out, *_ = check_sdpa(q, k, v, attn_mask=mask)
+    assert out.dtype == np.float32  # the mask does not promote the output
+    q64, k64, v64 = (a.astype(np.float64) for a in (q, k, v))
+    out64, *_ = check_sdpa(q64, k64, v64, attn_mask=mask)
+    assert out64.dtype == np.float64
+
+
+def test_mask_broadcast_views_and_noncontiguous(rng):
+    q, k, v = make_qkv(rng, batch=(2,), hq=3, lq=20, lk=33, d=16)
+    row = make_mask(rng, "bool", (1, 33))
+    check_sdpa(q, k, v, attn_mask=np.broadcast_to(row, (2, 3, 20, 33)))  # zero strides
+    big = make_mask(rng, "additive_inf", (3, 40, 66))
+    check_sdpa(q, k, v, attn_mask=big[:, ::2, ::2])  # strided
+    bigb = make_mask(rng, "bool", (33, 20))
+    check_sdpa(q, k, v, attn_mask=bigb.T)  # transposed
+    check_sdpa(q, k, v, attn_mask=bigb.T.tolist())  # nested lists of bools
+
+
 def test_mask_all_false_and_all_neg_inf(rng):
     q, k, v = make_qkv(rng, batch=(2,), hq=2, lq=5, lk=9, d=8)
     for mask in (np.zeros((5, 9), bool), np.full((5, 9), -np.inf, np.float32)):
@@ -210,6 +238,14 @@ def test_window_as_list_and_long(rng):
     check_sdpa(q, k, v, window=(np.int64(7), np.int32(3)))
 
 
+@pytest.mark.parametrize("window,causal", [((100, 0), True), ((64, 64), False), ((0, 200), False),
+                                           ((300, None), "bottom_right"), ((None, 37), False)])
+def test_window_long_sequences(rng, window, causal):
+    # long enough that whole key blocks fall outside the window on both sides
+    q, k, v = make_qkv(rng, hq=1, lq=3000, lk=3500, d=32)
+    check_sdpa(q, k, v, window=window, causal=causal)
+
+
 def test_window_none_none_is_no_window(rng):
     q, k, v = make_qkv(rng, hq=2, lq=20, lk=31, d=8)
     np.testing.assert_allclose(sdpa(q, k, v, window=(None, None)), sdpa(q, k, v), rtol=1e-6, atol=1e-7)
@@ -236,6 +272,24 @@ def test_kv_lengths(rng, dtype, causal):
             np.testing.assert_allclose(out[b], o2, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("lk", [1, 100, 5000])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_decoding_shapes(rng, lk, dtype):
+    # one (or a few) query rows against a long KV cache, GQA, per-sequence lengths
+    dt = np.dtype(dtype)
+    for lq in (1, 4):
+        q, k, v = make_qkv(rng, batch=(4,), hq=8, hkv=2, lq=lq, lk=lk, d=64, dtype=dt)
+        lens = rng.integers(0, lk + 1, size=4)
+        lens[0] = lk
+        check_sdpa(q, k, v, kv_lengths=lens)
+        check_sdpa(q, k, v, causal="bottom_right")
+
+
+def test_many_small_problems(rng):
+    q, k, v = make_qkv(rng, batch=(64,), hq=8, hkv=4, lq=3, lk=5, d=8)
+    check_sdpa(q, k, v, causal="bottom_right", kv_lengths=rng.integers(0, 6, size=64))
+
+
 @pytest.mark.parametrize("kvl", ["int", "np_scalar", "int32_arr", "uint8_arr", "shape_b1", "shape_1"])
 def test_kv_lengths_forms(rng, kvl):
     b1, b2, lk = 2, 3, 20
@@ -250,6 +304,10 @@ def test_kv_lengths_forms(rng, kvl):
     }[kvl]
     check_sdpa(q, k, v, kv_lengths=vals)
     check_sdpa(q, k, v, kv_lengths=vals, causal=True, attn_mask=make_mask(rng, "bool", (6, lk)))
+    if np.ndim(vals) and np.size(vals) > 1:
+        check_sdpa(q, k, v, kv_lengths=np.asarray(vals).tolist())  # a list is fine too
+        strided = np.repeat(np.asarray(vals), 2, axis=-1)[..., ::2]  # non-contiguous
+        check_sdpa(q, k, v, kv_lengths=strided)
 
 
 def test_kv_lengths_with_broadcast_batch(rng):
@@ -423,6 +481,24 @@ def test_noncontiguous_other_dtypes(rng, dtype):
     check_sdpa(q, k, v, causal=True)
 
 
+@pytest.mark.parametrize("dtype", [">f4", ">f8", ">f2"])
+def test_byteswapped_inputs(rng, dtype):
+    # non-native byte order is still float32/float64/float16 data (e.g. read from a file)
+    q, k, v = make_qkv(rng, batch=(2,), hq=2, lq=9, lk=17, d=16, dtype=np.dtype(dtype))
+    out, *_ = check_sdpa(q, k, v, causal=True)
+    assert out.dtype == np.dtype(dtype).newbyteorder("=")
+    native = [a.astype(a.dtype.newbyteorder("=")) for a in (q, k, v)]
+    np.testing.assert_array_equal(out, sdpa(*native, causal=True))
+
+
+def test_unaligned_inputs(rng):
+    q, k, v = make_qkv(rng, batch=(2,), hq=2, lq=9, lk=17, d=16)
+    buf = np.zeros(q.nbytes + 1, np.uint8)[1:].view(np.float32).reshape(q.shape)
+    buf[...] = q
+    assert not buf.flags.aligned
+    np.testing.assert_array_equal(sdpa(buf, k, v), sdpa(q, k, v))
+
+
 def test_readonly_inputs(rng):
     q, k, v = make_qkv(rng, batch=(2,), hq=2, lq=9, lk=17, d=16)
     mask = make_mask(rng, "bool", (9, 17))
@@ -547,6 +623,28 @@ def test_nan_in_key_or_value_reaches_only_rows_that_see_it(rng, where):
     assert np.all(np.isfinite(sdpa(q, k, v, window=(0, 0), causal=True)[0, 1, :j]))
 
 
+@pytest.mark.parametrize("where", ["query", "key", "value"])
+def test_inf_reaches_only_rows_that_see_it(rng, where):
+    lq = lk = 40
+    j = 21
+    q, k, v = make_qkv(rng, batch=(2,), hq=2, lq=lq, lk=lk, d=16)
+    arr = {"query": q, "key": k, "value": v}[where]
+    arr[1, 0, j, 5] = np.inf
+    out, lse = sdpa(q, k, v, causal=True, return_lse=True)
+    finite_rows = np.isfinite(out).all(axis=-1)
+    touched = np.zeros(finite_rows.shape, bool)
+    if where == "query":
+        touched[1, 0, j] = True
+    else:
+        touched[1, 0, j:] = True  # rows that see key j
+    assert np.all(finite_rows[~touched]), "Inf leaked into rows that do not read it"
+    assert np.all(np.isfinite(lse[~touched]))
+    if where == "value":
+        assert not np.isfinite(out[1, 0, j:, 5]).any()
+    ref, _ = sdpa_reference(q, k, v, causal=True)
+    np.testing.assert_allclose(out[~touched], ref[~touched], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 def test_huge_logits_no_nan(rng, dtype):
     dt = dtype_from_name(dtype)
@@ -602,7 +700,7 @@ def test_everything_combined(rng, dtype):
         check_sdpa(q, k, v, attn_mask=mask, causal=causal, window=(20, 3), kv_lengths=lens, scale=0.2)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     seed=st.integers(0, 2**32 - 1),
     lq=st.integers(1, 40), lk=st.integers(0, 40), d=st.integers(1, 40), dv=st.integers(1, 20),

@@ -100,7 +100,7 @@ def record_kernel(name: str) -> None:
 
 
 def last_kernel() -> Optional[str]:
-    """The backend/ISA/kernel/dtype that served the last call in this thread, e.g.
+    """The backend/ISA/kernel/storage dtype that served the last call in this thread, e.g.
     "cpu/avx2/sdpa/float32"; None before the first call."""
     return getattr(_last, "kernel", None)
 

@@ -35,18 +35,24 @@ def check_float(dtype: np.dtype, name: str) -> None:
         )
 
 
+def native(dtype: np.dtype) -> np.dtype:
+    """The same dtype in this machine's byte order (big-endian data read from a file is fine)."""
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
+
+
 def common_float_dtype(arrays, names) -> np.dtype:
     """The storage dtype of a call: every array must be a supported float; mixed ones promote."""
-    first = arrays[0].dtype
+    dtypes = [native(a.dtype) for a in arrays]
+    first = dtypes[0]
     check_float(first, names[0])
     same = True
-    for a, name in zip(arrays[1:], names[1:]):
-        check_float(a.dtype, name)
-        same = same and a.dtype == first
+    for dtype, name in zip(dtypes[1:], names[1:]):
+        check_float(dtype, name)
+        same = same and dtype == first
     if same:
         return first
     try:
-        dtype = np.result_type(*arrays)
+        dtype = np.result_type(*dtypes)
     except TypeError:  # DTypePromotionError: float16 with bfloat16
         return _F32
     return dtype if is_supported_float(dtype) else _F32

@@ -112,7 +112,7 @@ def _mask(attn_mask: Any, dtype: np.dtype, full: Tuple[int, ...]) -> np.ndarray:
     """The mask as bool or as the compute dtype, with full's ndim, each dim 1 or full's."""
     m = np.asarray(attn_mask)
     if m.dtype != np.bool_:
-        if not _dtypes.is_supported_float(m.dtype):
+        if not _dtypes.is_supported_float(_dtypes.native(m.dtype)):
             raise TypeError(
                 f"attn_mask has dtype {m.dtype}; it must be bool (True = attend) or float (added "
                 "to the scores)"
@@ -150,7 +150,7 @@ def _out(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs) -> np.ndarra
     if out is None:
         return np.empty(shape, dtype)
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+        raise ValueError(f"out must be a NumPy array, got {type(out).__name__}")
     if out.shape != shape or out.dtype != dtype:
         raise ValueError(
             f"out has shape {out.shape} and dtype {out.dtype}; expected shape {shape} and dtype "
