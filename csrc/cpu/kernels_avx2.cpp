@@ -5,10 +5,10 @@
 
 namespace fastattn {
 namespace avx2 {
-// 16 ymm registers: a 6 x 2 block of accumulators (12) + 2 loaded vectors + 1 broadcast.
+// 16 ymm registers: 12 accumulators (12 keys or value dims x 8 queries) + 1 loaded + 1 broadcast.
 struct Tuning {
-  static constexpr int micro_rows = 6, micro_vecs = 2;
-  static constexpr long block_m = 48, block_n = 64;
+  static constexpr int micro_rows = 12;
+  static constexpr long block_n = 96, cols_target = 128;
 };
 }  // namespace avx2
 }  // namespace fastattn

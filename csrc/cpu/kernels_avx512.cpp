@@ -5,10 +5,10 @@
 
 namespace fastattn {
 namespace avx512 {
-// 32 zmm registers: a 12 x 2 block of accumulators (24) + 2 loaded vectors + 1 broadcast.
+// 32 zmm registers: 24 accumulators (24 keys or value dims x 16 queries) + 1 loaded + 1 broadcast.
 struct Tuning {
-  static constexpr int micro_rows = 12, micro_vecs = 2;
-  static constexpr long block_m = 48, block_n = 64;
+  static constexpr int micro_rows = 24;
+  static constexpr long block_n = 96, cols_target = 128;
 };
 }  // namespace avx512
 }  // namespace fastattn

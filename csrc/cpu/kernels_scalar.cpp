@@ -4,10 +4,10 @@
 
 namespace fastattn {
 namespace scalar {
-// One-lane "vectors": a 4 x 4 register block still gives the compiler independent accumulators.
+// One-lane "vectors": an 8-row block still gives the compiler independent accumulators.
 struct Tuning {
-  static constexpr int micro_rows = 4, micro_vecs = 4;
-  static constexpr long block_m = 32, block_n = 64;
+  static constexpr int micro_rows = 8;
+  static constexpr long block_n = 64, cols_target = 64;
 };
 }  // namespace scalar
 }  // namespace fastattn

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "cpu/half.h"
 #include "cpu/simd_exp.h"
 
 namespace fastattn {
@@ -33,6 +34,18 @@ struct VF32 {
   // a < b ? then : otherwise, per lane (false for NaN).
   friend VF32 select_lt(VF32 a, VF32 b, VF32 then, VF32 otherwise) {
     return {_mm256_blendv_ps(otherwise.v, then.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ))};
+  }
+  // a == b ? then : otherwise, per lane (false for NaN).
+  friend VF32 select_eq(VF32 a, VF32 b, VF32 then, VF32 otherwise) {
+    return {_mm256_blendv_ps(otherwise.v, then.v, _mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ))};
+  }
+  // W float16 / bfloat16 values widened to float32.
+  static VF32 load(const f16* p) {
+    return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+  }
+  static VF32 load(const bf16* p) {
+    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(h, 16))};
   }
   // 2^n for integral n in [-126, 127], by building the exponent bits.
   friend VF32 pow2_int(VF32 n) {
@@ -73,6 +86,9 @@ struct VF64 {
   }
   friend VF64 select_lt(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
     return {_mm256_blendv_pd(otherwise.v, then.v, _mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ))};
+  }
+  friend VF64 select_eq(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
+    return {_mm256_blendv_pd(otherwise.v, then.v, _mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ))};
   }
   // 2^n for integral n in [-1022, 1023].
   friend VF64 pow2_int(VF64 n) {

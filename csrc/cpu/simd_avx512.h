@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "cpu/half.h"
 #include "cpu/simd_exp.h"
 
 namespace fastattn {
@@ -33,6 +34,18 @@ struct VF32 {
   // a < b ? then : otherwise, per lane (false for NaN).
   friend VF32 select_lt(VF32 a, VF32 b, VF32 then, VF32 otherwise) {
     return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), otherwise.v, then.v)};
+  }
+  // a == b ? then : otherwise, per lane (false for NaN).
+  friend VF32 select_eq(VF32 a, VF32 b, VF32 then, VF32 otherwise) {
+    return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ), otherwise.v, then.v)};
+  }
+  // W float16 / bfloat16 values widened to float32.
+  static VF32 load(const f16* p) {
+    return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
+  }
+  static VF32 load(const bf16* p) {
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(h, 16))};
   }
   // 2^n for integral n in [-126, 127], by building the exponent bits.
   friend VF32 pow2_int(VF32 n) {
@@ -63,6 +76,9 @@ struct VF64 {
   }
   friend VF64 select_lt(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
     return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ), otherwise.v, then.v)};
+  }
+  friend VF64 select_eq(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
+    return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.v, b.v, _CMP_EQ_OQ), otherwise.v, then.v)};
   }
   // 2^n for integral n in [-1022, 1023].
   friend VF64 pow2_int(VF64 n) {

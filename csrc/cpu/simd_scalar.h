@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "cpu/half.h"
+
 namespace fastattn {
 namespace FASTATTN_ISA {
 
@@ -25,6 +27,14 @@ struct VScalar {
   // Same NaN rule as the x86 instructions: the second operand wins when either is NaN.
   friend VScalar max(VScalar a, VScalar b) { return {a.v > b.v ? a.v : b.v}; }
   friend VScalar min(VScalar a, VScalar b) { return {a.v < b.v ? a.v : b.v}; }
+  friend VScalar select_lt(VScalar a, VScalar b, VScalar then, VScalar otherwise) {
+    return {a.v < b.v ? then.v : otherwise.v};
+  }
+  friend VScalar select_eq(VScalar a, VScalar b, VScalar then, VScalar otherwise) {
+    return {a.v == b.v ? then.v : otherwise.v};
+  }
+  static VScalar load(const f16* p) { return {to_float(*p)}; }
+  static VScalar load(const bf16* p) { return {to_float(*p)}; }
   T reduce_max() const { return v; }
   T reduce_add() const { return v; }
 };
