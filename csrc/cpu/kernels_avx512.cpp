@@ -5,9 +5,10 @@
 
 namespace fastattn {
 namespace avx512 {
-// 32 zmm registers: 24 accumulators (24 keys or value dims x 16 queries) + 1 loaded + 1 broadcast.
+// 32 zmm registers. Wide block: 12 keys (or value dims) x 2 vectors of 16 queries = 24
+// accumulators + 2 loaded + 1 broadcast. Narrow block (decode): 24 x 1.
 struct Tuning {
-  static constexpr int micro_rows = 24;
+  static constexpr int micro_rows = 12, micro_vecs = 2, narrow_rows = 24;
   static constexpr long block_n = 96, cols_target = 128;
 };
 }  // namespace avx512

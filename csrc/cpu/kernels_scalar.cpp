@@ -4,9 +4,9 @@
 
 namespace fastattn {
 namespace scalar {
-// One-lane "vectors": an 8-row block still gives the compiler independent accumulators.
+// One-lane "vectors": an 8 x 2 block still gives the compiler independent accumulators.
 struct Tuning {
-  static constexpr int micro_rows = 8;
+  static constexpr int micro_rows = 8, micro_vecs = 2, narrow_rows = 8;
   static constexpr long block_n = 64, cols_target = 64;
 };
 }  // namespace scalar

@@ -149,8 +149,14 @@ struct SdpaPlan {
   using V = typename VecOf<T>::type;
   static constexpr bool kWiden = !(sizeof(E) == sizeof(T));  // float16/bfloat16 storage
   static constexpr int W = V::W;
-  static constexpr int MR = Tuning::micro_rows;
-  static constexpr int64_t BN = round_up(Tuning::block_n, MR);
+  // Register blocks: MR keys (or value dims) x NV vectors of queries; narrow blocks (MRn x 1) for
+  // items with at most one vector of queries (decode), where NV > 1 would compute padding.
+  static constexpr int MR = Tuning::micro_rows, NV = Tuning::micro_vecs;
+  static constexpr int MRn = Tuning::narrow_rows;
+  static constexpr int64_t NR = int64_t(NV) * W;
+  static constexpr int64_t BN = round_up(round_up(Tuning::block_n, MR), MRn);
+  static constexpr int MRmax = MR > MRn ? MR : MRn;
+  static_assert(BN % MR == 0 && BN % MRn == 0, "a key tile must hold whole register blocks");
 
   const SdpaParams& p;
   int64_t group;       // query heads per kv head
@@ -168,25 +174,35 @@ struct SdpaPlan {
     // few enough that Q^T, S^T and O^T stay in L2.
     rows_per_head = max64(1, min64(p.lq, Tuning::cols_target / group));
     q_blocks = p.lq > 0 ? (p.lq + rows_per_head - 1) / rows_per_head : 0;
-    cols_cap = round_up(rows_per_head * group, W);
+    cols_cap = round_up(rows_per_head * group, NR);
     const int64_t width = max64(p.d, p.dv);
     off_st = p.d * cols_cap;
     off_ot = off_st + BN * cols_cap;
-    off_m = off_ot + round_up(p.dv, MR) * cols_cap;
+    off_m = off_ot + p.dv * cols_cap;
     off_l = off_m + cols_cap;
     off_kw = off_l + cols_cap;
     off_vw = off_kw + (kWiden ? BN * p.d : 0);
     off_zero = off_vw + (kWiden ? BN * p.dv : 0);
-    scratch_elems = round_up(off_zero + width + MR, 8);
+    scratch_elems = round_up(off_zero + width + MRmax, 8);
     scratch_bytes = size_t(scratch_elems) * sizeof(T) + 2 * size_t(BN) * sizeof(const T*);
   }
 
   int64_t items() const { return p.batch * p.hkv * q_blocks; }
-  void run_item(int64_t item, T* scratch) const;
+  void run_item(int64_t item, T* scratch) const {
+    const int64_t qb = q_blocks - 1 - item % q_blocks;
+    if (min64(rows_per_head, p.lq - qb * rows_per_head) * group <= W)
+      run_item_blocked<MRn, 1>(item, scratch);
+    else
+      run_item_blocked<MR, NV>(item, scratch);
+  }
+  template <int R, int NVb>
+  void run_item_blocked(int64_t item, T* scratch) const;
 };
 
 template <class E>
-void SdpaPlan<E>::run_item(int64_t item, T* scratch) const {
+template <int R, int NVb>
+void SdpaPlan<E>::run_item_blocked(int64_t item, T* scratch) const {
+  constexpr int64_t NRb = int64_t(NVb) * W;
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
   constexpr T lowest = std::numeric_limits<T>::lowest();
   // Largest blocks first (under causal masking the last query rows see the most keys), so the
@@ -195,7 +211,7 @@ void SdpaPlan<E>::run_item(int64_t item, T* scratch) const {
   const int64_t bk = item / q_blocks;
   const int64_t hk = bk % p.hkv, b = bk / p.hkv;
   const int64_t i0 = qb * rows_per_head, rows = min64(rows_per_head, p.lq - i0);
-  const int64_t cols = rows * group, cols_pad = round_up(cols, W);
+  const int64_t cols = rows * group, cols_pad = round_up(cols, NRb);
   const int64_t d = p.d, dv = p.dv;
 
   T* qt = scratch;
@@ -218,9 +234,9 @@ void SdpaPlan<E>::run_item(int64_t item, T* scratch) const {
   }
   for (int64_t x = 0; x < d; ++x)
     for (int64_t c = cols; c < cols_pad; ++c) qt[x * cols_pad + c] = T(0);
-  for (int64_t i = 0; i < round_up(dv, MR) * cols_pad; ++i) ot[i] = T(0);
+  for (int64_t i = 0; i < dv * cols_pad; ++i) ot[i] = T(0);
   for (int64_t c = 0; c < cols_pad; ++c) m[c] = neg_inf, l[c] = T(0);
-  for (int64_t x = 0; x < max64(d, dv) + MR; ++x) zero_row[x] = T(0);
+  for (int64_t x = 0; x < max64(d, dv) + R; ++x) zero_row[x] = T(0);
 
   const E* k = static_cast<const E*>(p.k) + p.k_batch_offset[b] + hk * p.k_head_stride;
   const E* v = static_cast<const E*>(p.v) + p.v_batch_offset[b] + hk * p.v_head_stride;
@@ -232,7 +248,7 @@ void SdpaPlan<E>::run_item(int64_t item, T* scratch) const {
   const int64_t key_end = min64(kv_len, last_row + p.diag + p.right + 1);
 
   for (int64_t j0 = key_begin; j0 < key_end; j0 += BN) {
-    const int64_t n = min64(BN, key_end - j0), n_pad = round_up(n, MR);
+    const int64_t n = min64(BN, key_end - j0), n_pad = round_up(n, R);
 
     // Row pointers of this tile's keys and values (widened first for float16/bfloat16); rows past
     // the tile end point at zeros so the micro-kernels always run whole register blocks.
@@ -260,10 +276,10 @@ void SdpaPlan<E>::run_item(int64_t item, T* scratch) const {
     }
     const bool v_finite = v_check.reduce_add() == T(0);
 
-    // S^T = K Q^T, one vector-wide column block at a time so its Q^T panel stays in L1.
-    for (int64_t c0 = 0; c0 < cols_pad; c0 += W)
-      for (int64_t j = 0; j < n_pad; j += MR)
-        score_micro<V, MR, 1>(krows + j, qt + c0, cols_pad, d, st + j * cols_pad + c0, cols_pad);
+    // S^T = K Q^T, one column block at a time so its Q^T panel stays in L1.
+    for (int64_t c0 = 0; c0 < cols_pad; c0 += NRb)
+      for (int64_t j = 0; j < n_pad; j += R)
+        score_micro<V, R, NVb>(krows + j, qt + c0, cols_pad, d, st + j * cols_pad + c0, cols_pad);
 
     // Masks. A masked score becomes -inf by assignment (never by adding), so NaN or Inf in a
     // masked key cannot leak into the row. The band only needs checking on tiles it cuts.
@@ -323,15 +339,15 @@ void SdpaPlan<E>::run_item(int64_t item, T* scratch) const {
       for (int64_t y = 0; y < dv; ++y) (V::load(ot + y * cols_pad + c0) * alpha).store(ot + y * cols_pad + c0);
     }
 
-    // O^T += V^T P^T, MR value dims by one vector of queries per register block.
-    for (int64_t c0 = 0; c0 < cols_pad; c0 += W) {
-      for (int64_t y0 = 0; y0 < dv; y0 += MR) {
-        const int r = int(min64(MR, dv - y0));
+    // O^T += V^T P^T, R value dims by NVb vectors of queries per register block.
+    for (int64_t c0 = 0; c0 < cols_pad; c0 += NRb) {
+      for (int64_t y0 = 0; y0 < dv; y0 += R) {
+        const int r = int(min64(R, dv - y0));
         T* o = ot + y0 * cols_pad + c0;
         if (v_finite)
-          AccumulateTail<V, MR, 1, false>::run(r, vrows, y0, st + c0, cols_pad, n, o, cols_pad);
+          AccumulateTail<V, R, NVb, false>::run(r, vrows, y0, st + c0, cols_pad, n, o, cols_pad);
         else
-          AccumulateTail<V, MR, 1, true>::run(r, vrows, y0, st + c0, cols_pad, n, o, cols_pad);
+          AccumulateTail<V, R, NVb, true>::run(r, vrows, y0, st + c0, cols_pad, n, o, cols_pad);
       }
     }
   }

@@ -28,9 +28,6 @@ struct VF32 {
   // max(a, b): b when either is NaN (the x86 rule); callers put the value that must win a NaN last.
   friend VF32 max(VF32 a, VF32 b) { return {_mm256_max_ps(a.v, b.v)}; }
   friend VF32 min(VF32 a, VF32 b) { return {_mm256_min_ps(a.v, b.v)}; }
-  friend VF32 round_nearest(VF32 a) {
-    return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
-  }
   // a < b ? then : otherwise, per lane (false for NaN).
   friend VF32 select_lt(VF32 a, VF32 b, VF32 then, VF32 otherwise) {
     return {_mm256_blendv_ps(otherwise.v, then.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ))};
@@ -47,10 +44,10 @@ struct VF32 {
     const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return {_mm256_castsi256_ps(_mm256_slli_epi32(h, 16))};
   }
-  // 2^n for integral n in [-126, 127], by building the exponent bits.
-  friend VF32 pow2_int(VF32 n) {
-    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127));
-    return {_mm256_castsi256_ps(_mm256_slli_epi32(e, 23))};
+  // p * 2^n where the low bits of t hold the integer n (exp_poly's magic-number rounding).
+  friend VF32 add_to_exponent(VF32 p, VF32 t) {
+    const __m256i n = _mm256_slli_epi32(_mm256_castps_si256(t.v), 23);
+    return {_mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p.v), n))};
   }
   float reduce_max() const {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -81,20 +78,15 @@ struct VF64 {
   friend VF64 fma(VF64 a, VF64 b, VF64 c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
   friend VF64 max(VF64 a, VF64 b) { return {_mm256_max_pd(a.v, b.v)}; }
   friend VF64 min(VF64 a, VF64 b) { return {_mm256_min_pd(a.v, b.v)}; }
-  friend VF64 round_nearest(VF64 a) {
-    return {_mm256_round_pd(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
-  }
   friend VF64 select_lt(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
     return {_mm256_blendv_pd(otherwise.v, then.v, _mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ))};
   }
   friend VF64 select_eq(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
     return {_mm256_blendv_pd(otherwise.v, then.v, _mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ))};
   }
-  // 2^n for integral n in [-1022, 1023].
-  friend VF64 pow2_int(VF64 n) {
-    __m256i e = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n.v));
-    e = _mm256_add_epi64(e, _mm256_set1_epi64x(1023));
-    return {_mm256_castsi256_pd(_mm256_slli_epi64(e, 52))};
+  friend VF64 add_to_exponent(VF64 p, VF64 t) {
+    const __m256i n = _mm256_slli_epi64(_mm256_castpd_si256(t.v), 52);
+    return {_mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p.v), n))};
   }
   double reduce_max() const {
     __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));

@@ -28,9 +28,6 @@ struct VF32 {
   // max(a, b): b when either is NaN (the x86 rule); callers put the value that must win a NaN last.
   friend VF32 max(VF32 a, VF32 b) { return {_mm512_max_ps(a.v, b.v)}; }
   friend VF32 min(VF32 a, VF32 b) { return {_mm512_min_ps(a.v, b.v)}; }
-  friend VF32 round_nearest(VF32 a) {
-    return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
-  }
   // a < b ? then : otherwise, per lane (false for NaN).
   friend VF32 select_lt(VF32 a, VF32 b, VF32 then, VF32 otherwise) {
     return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), otherwise.v, then.v)};
@@ -47,10 +44,10 @@ struct VF32 {
     const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return {_mm512_castsi512_ps(_mm512_slli_epi32(h, 16))};
   }
-  // 2^n for integral n in [-126, 127], by building the exponent bits.
-  friend VF32 pow2_int(VF32 n) {
-    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127));
-    return {_mm512_castsi512_ps(_mm512_slli_epi32(e, 23))};
+  // p * 2^n where the low bits of t hold the integer n (exp_poly's magic-number rounding).
+  friend VF32 add_to_exponent(VF32 p, VF32 t) {
+    const __m512i n = _mm512_slli_epi32(_mm512_castps_si512(t.v), 23);
+    return {_mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p.v), n))};
   }
   float reduce_max() const { return _mm512_reduce_max_ps(v); }
   float reduce_add() const { return _mm512_reduce_add_ps(v); }
@@ -71,20 +68,15 @@ struct VF64 {
   friend VF64 fma(VF64 a, VF64 b, VF64 c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
   friend VF64 max(VF64 a, VF64 b) { return {_mm512_max_pd(a.v, b.v)}; }
   friend VF64 min(VF64 a, VF64 b) { return {_mm512_min_pd(a.v, b.v)}; }
-  friend VF64 round_nearest(VF64 a) {
-    return {_mm512_roundscale_pd(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
-  }
   friend VF64 select_lt(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
     return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ), otherwise.v, then.v)};
   }
   friend VF64 select_eq(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
     return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.v, b.v, _CMP_EQ_OQ), otherwise.v, then.v)};
   }
-  // 2^n for integral n in [-1022, 1023].
-  friend VF64 pow2_int(VF64 n) {
-    __m512i e = _mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(n.v));
-    e = _mm512_add_epi64(e, _mm512_set1_epi64(1023));
-    return {_mm512_castsi512_pd(_mm512_slli_epi64(e, 52))};
+  friend VF64 add_to_exponent(VF64 p, VF64 t) {
+    const __m512i n = _mm512_slli_epi64(_mm512_castpd_si512(t.v), 52);
+    return {_mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(p.v), n))};
   }
   double reduce_max() const { return _mm512_reduce_max_pd(v); }
   double reduce_add() const { return _mm512_reduce_add_pd(v); }
