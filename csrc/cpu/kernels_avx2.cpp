@@ -5,10 +5,11 @@
 
 namespace fastattn {
 namespace avx2 {
-// 16 ymm registers. Wide block: 6 keys (or value dims) x 2 vectors of 8 queries = 12 accumulators
-// + 2 loaded + 1 broadcast, 8 loads per 12 FMAs. Narrow block (decode): 12 x 1.
+// 16 ymm registers. Wide block: 4 keys (or value dims) x 3 vectors of 8 queries = 12 accumulators
+// + 3 loaded + 1 broadcast, 7 loads per 12 FMAs; 4 divides the usual head dims. Narrow block
+// (decode): 12 x 1.
 struct Tuning {
-  static constexpr int micro_rows = 6, micro_vecs = 2, narrow_rows = 12;
+  static constexpr int micro_rows = 4, micro_vecs = 3, narrow_rows = 12;
   static constexpr long block_n = 48, cols_target = 96;
 };
 }  // namespace avx2

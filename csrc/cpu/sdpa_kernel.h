@@ -55,6 +55,8 @@ struct ScratchArena {
 };
 static thread_local ScratchArena scratch_arena;
 
+constexpr double kLog2e = 1.44269504088896340736, kLn2 = 0.69314718055994530942;
+
 template <class E> struct ComputeOf { using type = float; };
 template <> struct ComputeOf<double> { using type = double; };
 
@@ -225,8 +227,9 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, T* scratch) const {
   const T** krows = reinterpret_cast<const T**>(scratch + scratch_elems);
   const T** vrows = krows + BN;
 
-  // Q^T: column c is query row i0 + c % rows of head hk * group + c / rows, scaled.
-  const T scale = T(p.scale);
+  // Q^T: column c is query row i0 + c % rows of head hk * group + c / rows, scaled, in base 2:
+  // scores are s * log2(e), so the softmax exponentiates with 2^x.
+  const T scale = T(p.scale * kLog2e);
   const E* q_base = static_cast<const E*>(p.q) + p.q_batch_offset[b];
   for (int64_t c = 0; c < cols; ++c) {
     const E* qrow = q_base + (hk * group + c / rows) * p.q_head_stride + (i0 + c % rows) * p.q_row_stride;
@@ -307,7 +310,7 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, T* scratch) const {
           for (int64_t j = 0; j < n; ++j) {
             const T add = mask[j * p.mask_col_stride];
             T& s = st[j * cols_pad + c];
-            s = add == neg_inf ? neg_inf : s + add;
+            s = add == neg_inf ? neg_inf : s + add * T(kLog2e);
           }
         } else {
           const uint8_t* mask = static_cast<const uint8_t*>(p.mask) + at;
@@ -328,12 +331,12 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, T* scratch) const {
       const V m_use = select_lt(m_new, V::set1(lowest), V::zero(), m_new);
       V sums[4] = {V::zero(), V::zero(), V::zero(), V::zero()};  // 4 chains: less rounding, more ILP
       for (int64_t j = 0; j < n; ++j) {
-        const V e = vexp(V::load(st + j * cols_pad + c0) - m_use);
+        const V e = vexp2(V::load(st + j * cols_pad + c0) - m_use);
         e.store(st + j * cols_pad + c0);
         sums[j & 3] = sums[j & 3] + e;
       }
       const V sum = (sums[0] + sums[1]) + (sums[2] + sums[3]);
-      const V alpha = vexp(m_old - m_use);
+      const V alpha = vexp2(m_old - m_use);
       fma(V::load(l + c0), alpha, sum).store(l + c0);
       m_new.store(m + c0);
       for (int64_t y = 0; y < dv; ++y) (V::load(ot + y * cols_pad + c0) * alpha).store(ot + y * cols_pad + c0);
@@ -362,7 +365,7 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, T* scratch) const {
     const T inv = lc == T(0) ? T(0) : T(1) / lc;
     E* dst = out + row * dv;
     for (int64_t y = 0; y < dv; ++y) from_compute(lc == T(0) ? T(0) : ot[y * cols_pad + c] * inv, dst + y);
-    if (lse) lse[row] = lc == T(0) ? neg_inf : m[c] + std::log(lc);
+    if (lse) lse[row] = lc == T(0) ? neg_inf : m[c] * T(kLn2) + std::log(lc);
   }
 }
 

@@ -44,7 +44,7 @@ struct VF32 {
     const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return {_mm256_castsi256_ps(_mm256_slli_epi32(h, 16))};
   }
-  // p * 2^n where the low bits of t hold the integer n (exp_poly's magic-number rounding).
+  // p * 2^n where the low bits of t hold the integer n (exp2_poly's magic-number rounding).
   friend VF32 add_to_exponent(VF32 p, VF32 t) {
     const __m256i n = _mm256_slli_epi32(_mm256_castps_si256(t.v), 23);
     return {_mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p.v), n))};
@@ -100,8 +100,8 @@ struct VF64 {
   }
 };
 
-static inline VF32 vexp(VF32 x) { return exp_poly(x); }
-static inline VF64 vexp(VF64 x) { return exp_poly(x); }
+static inline VF32 vexp2(VF32 x) { return exp2_poly(x); }
+static inline VF64 vexp2(VF64 x) { return exp2_poly(x); }
 
 template <class T> struct VecOf;
 template <> struct VecOf<float> { using type = VF32; };

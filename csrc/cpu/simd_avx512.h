@@ -44,7 +44,7 @@ struct VF32 {
     const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return {_mm512_castsi512_ps(_mm512_slli_epi32(h, 16))};
   }
-  // p * 2^n where the low bits of t hold the integer n (exp_poly's magic-number rounding).
+  // p * 2^n where the low bits of t hold the integer n (exp2_poly's magic-number rounding).
   friend VF32 add_to_exponent(VF32 p, VF32 t) {
     const __m512i n = _mm512_slli_epi32(_mm512_castps_si512(t.v), 23);
     return {_mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p.v), n))};
@@ -82,8 +82,8 @@ struct VF64 {
   double reduce_add() const { return _mm512_reduce_add_pd(v); }
 };
 
-static inline VF32 vexp(VF32 x) { return exp_poly(x); }
-static inline VF64 vexp(VF64 x) { return exp_poly(x); }
+static inline VF32 vexp2(VF32 x) { return exp2_poly(x); }
+static inline VF64 vexp2(VF64 x) { return exp2_poly(x); }
 
 template <class T> struct VecOf;
 template <> struct VecOf<float> { using type = VF32; };

@@ -39,8 +39,8 @@ struct VScalar {
   T reduce_add() const { return v; }
 };
 
-static inline VScalar<float> vexp(VScalar<float> x) { return {std::exp(x.v)}; }
-static inline VScalar<double> vexp(VScalar<double> x) { return {std::exp(x.v)}; }
+static inline VScalar<float> vexp2(VScalar<float> x) { return {std::exp2(x.v)}; }
+static inline VScalar<double> vexp2(VScalar<double> x) { return {std::exp2(x.v)}; }
 
 template <class T> struct VecOf { using type = VScalar<T>; };
 
