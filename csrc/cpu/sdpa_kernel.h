@@ -152,37 +152,43 @@ struct SdpaPlan {
   static constexpr bool kWiden = !(sizeof(E) == sizeof(T));  // float16/bfloat16 storage
   static constexpr int W = V::W;
   // Register blocks: MR keys (or value dims) x NV vectors of queries; narrow blocks (MRn x 1) for
-  // items with at most one vector of queries (decode), where NV > 1 would compute padding.
+  // items with at most one vector of queries. Items with at most W/2 queries (decode) use the
+  // row-wise path instead, vectorised along the head dim.
   static constexpr int MR = Tuning::micro_rows, NV = Tuning::micro_vecs;
   static constexpr int MRn = Tuning::narrow_rows;
   static constexpr int64_t NR = int64_t(NV) * W;
   static constexpr int64_t BN = round_up(round_up(Tuning::block_n, MR), MRn);
   static constexpr int MRmax = MR > MRn ? MR : MRn;
-  static_assert(BN % MR == 0 && BN % MRn == 0, "a key tile must hold whole register blocks");
+  static constexpr int64_t kRowwiseMaxCols = W / 2;
+  static_assert(BN % MR == 0 && BN % MRn == 0 && BN % 4 == 0,
+                "a key tile must hold whole register blocks");
 
   const SdpaParams& p;
-  int64_t group;       // query heads per kv head
+  int64_t group;          // query heads per kv head
   int64_t rows_per_head;  // query rows of one head in a work item
   int64_t q_blocks;
-  int64_t cols_cap;    // columns (queries) per item, padded to whole vectors
-  // Scratch layout (elements of T): Q^T, S^T, O^T, m, l, widened K and V tiles, a zero row,
+  int64_t cols_cap;       // columns (queries) per item, padded to whole register blocks
+  // Scratch layout (elements of T): Q, S^T, O, m, l, alpha, a tile's output row (row-wise path),
+  // widened K and V tiles, a zero row,
   // then the key and value row pointers.
-  int64_t off_st, off_ot, off_m, off_l, off_kw, off_vw, off_zero, scratch_elems;
+  int64_t off_st, off_o, off_m, off_l, off_alpha, off_acc, off_kw, off_vw, off_zero, scratch_elems;
   size_t scratch_bytes;
 
   explicit SdpaPlan(const SdpaParams& params) : p(params) {
     group = p.hkv > 0 ? p.hq / p.hkv : 1;
     // About cols_target queries per item: enough to amortise each K/V tile over many queries,
-    // few enough that Q^T, S^T and O^T stay in L2.
+    // few enough that Q, S^T and O stay in L2.
     rows_per_head = max64(1, min64(p.lq, Tuning::cols_target / group));
     q_blocks = p.lq > 0 ? (p.lq + rows_per_head - 1) / rows_per_head : 0;
     cols_cap = round_up(rows_per_head * group, NR);
     const int64_t width = max64(p.d, p.dv);
     off_st = p.d * cols_cap;
-    off_ot = off_st + BN * cols_cap;
-    off_m = off_ot + p.dv * cols_cap;
+    off_o = off_st + BN * cols_cap;
+    off_m = off_o + p.dv * cols_cap;
     off_l = off_m + cols_cap;
-    off_kw = off_l + cols_cap;
+    off_alpha = off_l + cols_cap;
+    off_acc = off_alpha + cols_cap;
+    off_kw = off_acc + p.dv;
     off_vw = off_kw + (kWiden ? BN * p.d : 0);
     off_zero = off_vw + (kWiden ? BN * p.dv : 0);
     scratch_elems = round_up(off_zero + width + MRmax, 8);
@@ -190,183 +196,318 @@ struct SdpaPlan {
   }
 
   int64_t items() const { return p.batch * p.hkv * q_blocks; }
-  void run_item(int64_t item, T* scratch) const {
+
+  // One work item: its queries (columns: query row i0 + c % rows of head hk * group + c / rows),
+  // the keys it can see at all, and its slices of scratch.
+  struct Item {
+    int64_t b, hk, i0, rows, cols, cols_pad, key_begin, key_end;
+    const E* k;
+    const E* v;
+    T *q, *st, *o, *m, *l, *alpha, *acc, *kw, *vw, *zero_row;
+    const T** krows;
+    const T** vrows;
+  };
+
+  Item locate(int64_t item, T* scratch, int64_t col_multiple) const {
+    Item it;
+    // Largest blocks first (under causal masking the last query rows see the most keys), so the
+    // dynamic schedule ends on small items.
     const int64_t qb = q_blocks - 1 - item % q_blocks;
-    if (min64(rows_per_head, p.lq - qb * rows_per_head) * group <= W)
-      run_item_blocked<MRn, 1>(item, scratch);
-    else
-      run_item_blocked<MR, NV>(item, scratch);
+    const int64_t bk = item / q_blocks;
+    it.hk = bk % p.hkv;
+    it.b = bk / p.hkv;
+    it.i0 = qb * rows_per_head;
+    it.rows = min64(rows_per_head, p.lq - it.i0);
+    it.cols = it.rows * group;
+    it.cols_pad = round_up(it.cols, col_multiple);
+    // The band of the first and last rows, cut to [0, kv_length).
+    const int64_t kv_len = p.kv_lengths ? p.kv_lengths[it.b] : p.lk;
+    it.key_begin = max64(0, it.i0 + p.diag - p.left);
+    it.key_end = min64(kv_len, it.i0 + it.rows - 1 + p.diag + p.right + 1);
+    it.k = static_cast<const E*>(p.k) + p.k_batch_offset[it.b] + it.hk * p.k_head_stride;
+    it.v = static_cast<const E*>(p.v) + p.v_batch_offset[it.b] + it.hk * p.v_head_stride;
+    it.q = scratch;
+    it.st = scratch + off_st;
+    it.o = scratch + off_o;
+    it.m = scratch + off_m;
+    it.l = scratch + off_l;
+    it.alpha = scratch + off_alpha;
+    it.acc = scratch + off_acc;
+    it.kw = scratch + off_kw;
+    it.vw = scratch + off_vw;
+    it.zero_row = scratch + off_zero;
+    it.krows = reinterpret_cast<const T**>(scratch + scratch_elems);
+    it.vrows = it.krows + BN;
+    for (int64_t c = 0; c < it.cols_pad; ++c) it.m[c] = -std::numeric_limits<T>::infinity();
+    for (int64_t c = 0; c < it.cols_pad; ++c) it.l[c] = T(0);
+    for (int64_t x = 0; x < max64(p.d, p.dv) + MRmax; ++x) it.zero_row[x] = T(0);
+    return it;
   }
-  template <int R, int NVb>
-  void run_item_blocked(int64_t item, T* scratch) const;
-};
 
-template <class E>
-template <int R, int NVb>
-void SdpaPlan<E>::run_item_blocked(int64_t item, T* scratch) const {
-  constexpr int64_t NRb = int64_t(NVb) * W;
-  constexpr T neg_inf = -std::numeric_limits<T>::infinity();
-  constexpr T lowest = std::numeric_limits<T>::lowest();
-  // Largest blocks first (under causal masking the last query rows see the most keys), so the
-  // dynamic schedule ends on small items.
-  const int64_t qb = q_blocks - 1 - item % q_blocks;
-  const int64_t bk = item / q_blocks;
-  const int64_t hk = bk % p.hkv, b = bk / p.hkv;
-  const int64_t i0 = qb * rows_per_head, rows = min64(rows_per_head, p.lq - i0);
-  const int64_t cols = rows * group, cols_pad = round_up(cols, NRb);
-  const int64_t d = p.d, dv = p.dv;
-
-  T* qt = scratch;
-  T* st = scratch + off_st;
-  T* ot = scratch + off_ot;
-  T* m = scratch + off_m;
-  T* l = scratch + off_l;
-  T* kw = scratch + off_kw;
-  T* vw = scratch + off_vw;
-  T* zero_row = scratch + off_zero;
-  const T** krows = reinterpret_cast<const T**>(scratch + scratch_elems);
-  const T** vrows = krows + BN;
-
-  // Q^T: column c is query row i0 + c % rows of head hk * group + c / rows, scaled, in base 2:
-  // scores are s * log2(e), so the softmax exponentiates with 2^x.
-  const T scale = T(p.scale * kLog2e);
-  const E* q_base = static_cast<const E*>(p.q) + p.q_batch_offset[b];
-  for (int64_t c = 0; c < cols; ++c) {
-    const E* qrow = q_base + (hk * group + c / rows) * p.q_head_stride + (i0 + c % rows) * p.q_row_stride;
-    for (int64_t x = 0; x < d; ++x) qt[x * cols_pad + c] = to_compute(qrow[x]) * scale;
+  const E* query_row(const Item& it, int64_t c) const {
+    return static_cast<const E*>(p.q) + p.q_batch_offset[it.b] +
+           (it.hk * group + c / it.rows) * p.q_head_stride + (it.i0 + c % it.rows) * p.q_row_stride;
   }
-  for (int64_t x = 0; x < d; ++x)
-    for (int64_t c = cols; c < cols_pad; ++c) qt[x * cols_pad + c] = T(0);
-  for (int64_t i = 0; i < dv * cols_pad; ++i) ot[i] = T(0);
-  for (int64_t c = 0; c < cols_pad; ++c) m[c] = neg_inf, l[c] = T(0);
-  for (int64_t x = 0; x < max64(d, dv) + R; ++x) zero_row[x] = T(0);
 
-  const E* k = static_cast<const E*>(p.k) + p.k_batch_offset[b] + hk * p.k_head_stride;
-  const E* v = static_cast<const E*>(p.v) + p.v_batch_offset[b] + hk * p.v_head_stride;
+  // Scores are s * log2(e) (the softmax exponentiates with 2^x), so the scale takes log2(e).
+  T query_scale() const { return T(p.scale * kLog2e); }
 
-  // Keys this item can see at all: the band of its first and last rows, cut to [0, kv_length).
-  const int64_t kv_len = p.kv_lengths ? p.kv_lengths[b] : p.lk;
-  const int64_t last_row = i0 + rows - 1;
-  const int64_t key_begin = max64(0, i0 + p.diag - p.left);
-  const int64_t key_end = min64(kv_len, last_row + p.diag + p.right + 1);
-
-  for (int64_t j0 = key_begin; j0 < key_end; j0 += BN) {
-    const int64_t n = min64(BN, key_end - j0), n_pad = round_up(n, R);
-
-    // Row pointers of this tile's keys and values (widened first for float16/bfloat16); rows past
-    // the tile end point at zeros so the micro-kernels always run whole register blocks.
+  // Row pointers of keys and values j0 .. j0+n (widened first for float16/bfloat16); rows up to
+  // n_pad point at zeros so micro-kernels always run whole register blocks. Returns whether the
+  // values are all finite: if not, a weight that is exactly 0 (masked) must skip its value.
+  bool gather_tile(const Item& it, int64_t j0, int64_t n, int64_t n_pad) const {
+    const int64_t d = p.d, dv = p.dv;
     for (int64_t j = 0; j < n; ++j) {
-      const E* krow = k + (j0 + j) * p.k_row_stride;
-      const E* vrow = v + (j0 + j) * p.v_row_stride;
+      const E* krow = it.k + (j0 + j) * p.k_row_stride;
+      const E* vrow = it.v + (j0 + j) * p.v_row_stride;
       if (kWiden) {
-        widen_row<V>(krow, kw + j * d, d);
-        widen_row<V>(vrow, vw + j * dv, dv);
-        krows[j] = kw + j * d;
-        vrows[j] = vw + j * dv;
+        widen_row<V>(krow, it.kw + j * d, d);
+        widen_row<V>(vrow, it.vw + j * dv, dv);
+        it.krows[j] = it.kw + j * d;
+        it.vrows[j] = it.vw + j * dv;
       } else {
-        krows[j] = reinterpret_cast<const T*>(krow);
-        vrows[j] = reinterpret_cast<const T*>(vrow);
+        it.krows[j] = reinterpret_cast<const T*>(krow);
+        it.vrows[j] = reinterpret_cast<const T*>(vrow);
       }
     }
-    for (int64_t j = n; j < n_pad; ++j) krows[j] = vrows[j] = zero_row;
-
-    // An Inf or NaN value must not reach queries whose weight for it is exactly 0 (masked).
-    V v_check = V::zero();
+    for (int64_t j = n; j < n_pad; ++j) it.krows[j] = it.vrows[j] = it.zero_row;
+    V check = V::zero();
     for (int64_t j = 0; j < n; ++j) {
       int64_t y = 0;
-      for (; y + W <= dv; y += W) v_check = fma(V::load(vrows[j] + y), V::zero(), v_check);
-      for (; y < dv; ++y) v_check = fma(V::set1(vrows[j][y]), V::zero(), v_check);
+      for (; y + W <= dv; y += W) check = fma(V::load(it.vrows[j] + y), V::zero(), check);
+      for (; y < dv; ++y) check = fma(V::set1(it.vrows[j][y]), V::zero(), check);
     }
-    const bool v_finite = v_check.reduce_add() == T(0);
+    return check.reduce_add() == T(0);
+  }
 
-    // S^T = K Q^T, one column block at a time so its Q^T panel stays in L1.
-    for (int64_t c0 = 0; c0 < cols_pad; c0 += NRb)
-      for (int64_t j = 0; j < n_pad; j += R)
-        score_micro<V, R, NVb>(krows + j, qt + c0, cols_pad, d, st + j * cols_pad + c0, cols_pad);
-
-    // Masks. A masked score becomes -inf by assignment (never by adding), so NaN or Inf in a
-    // masked key cannot leak into the row. The band only needs checking on tiles it cuts.
-    const bool band_cuts_tile =
-        last_row + p.diag - p.left > j0 || i0 + p.diag + p.right < j0 + n - 1;
+  // Masks on S^T (row j = key j0 + j, column c). A masked score becomes -inf by assignment (never
+  // by adding), so NaN or Inf in a masked key cannot leak into the row. The band (causal, window)
+  // only needs checking on tiles it cuts.
+  void apply_masks(const Item& it, int64_t j0, int64_t n) const {
+    constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+    const int64_t ld = it.cols_pad, rows = it.rows;
+    T* st = it.st;
+    const bool band_cuts_tile = it.i0 + rows - 1 + p.diag - p.left > j0 ||
+                                it.i0 + p.diag + p.right < j0 + n - 1;
     if (band_cuts_tile) {
       for (int64_t j = 0; j < n; ++j) {
         // Query rows that see key j0 + j: i in [j0 + j - diag - right, j0 + j - diag + left].
-        const int64_t r_lo = max64(0, j0 + j - p.diag - p.right - i0);
-        const int64_t r_hi = min64(rows, j0 + j - p.diag + p.left - i0 + 1);
-        T* srow = st + j * cols_pad;
+        const int64_t r_lo = max64(0, j0 + j - p.diag - p.right - it.i0);
+        const int64_t r_hi = min64(rows, j0 + j - p.diag + p.left - it.i0 + 1);
+        T* srow = st + j * ld;
         for (int64_t g = 0; g < group; ++g) {
           for (int64_t r = 0; r < min64(r_lo, rows); ++r) srow[g * rows + r] = neg_inf;
           for (int64_t r = max64(r_hi, 0); r < rows; ++r) srow[g * rows + r] = neg_inf;
         }
       }
     }
-    if (p.mask_kind != MaskKind::none) {
-      for (int64_t c = 0; c < cols; ++c) {
-        const int64_t h = hk * group + c / rows, i = i0 + c % rows;
-        const int64_t at = p.mask_batch_offset[b] + h * p.mask_head_stride +
-                           i * p.mask_row_stride + j0 * p.mask_col_stride;
-        if (p.mask_kind == MaskKind::additive) {
-          const T* mask = static_cast<const T*>(p.mask) + at;
-          for (int64_t j = 0; j < n; ++j) {
-            const T add = mask[j * p.mask_col_stride];
-            T& s = st[j * cols_pad + c];
-            s = add == neg_inf ? neg_inf : s + add * T(kLog2e);
-          }
-        } else {
-          const uint8_t* mask = static_cast<const uint8_t*>(p.mask) + at;
-          for (int64_t j = 0; j < n; ++j)
-            if (!mask[j * p.mask_col_stride]) st[j * cols_pad + c] = neg_inf;
+    if (p.mask_kind == MaskKind::none) return;
+    for (int64_t c = 0; c < it.cols; ++c) {
+      const int64_t h = it.hk * group + c / rows, i = it.i0 + c % rows;
+      const int64_t at = p.mask_batch_offset[it.b] + h * p.mask_head_stride +
+                         i * p.mask_row_stride + j0 * p.mask_col_stride;
+      if (p.mask_kind == MaskKind::additive) {
+        const T* mask = static_cast<const T*>(p.mask) + at;
+        for (int64_t j = 0; j < n; ++j) {
+          const T add = mask[j * p.mask_col_stride];
+          T& s = st[j * ld + c];
+          s = add == neg_inf ? neg_inf : s + add * T(kLog2e);
         }
+      } else {
+        const uint8_t* mask = static_cast<const uint8_t*>(p.mask) + at;
+        for (int64_t j = 0; j < n; ++j)
+          if (!mask[j * p.mask_col_stride]) st[j * ld + c] = neg_inf;
       }
     }
+  }
 
-    // Online softmax, W queries at a time. A query that has seen only masked keys keeps m = -inf
-    // and exponentiates against 0 instead, so its weights are exp(-inf) = 0 (no inf - inf = NaN),
-    // while NaN scores stay NaN.
-    for (int64_t c0 = 0; c0 < cols_pad; c0 += W) {
+  // Online softmax over a tile of S^T, W queries at a time: scores become weights 2^(s - m), and
+  // m, l and alpha (the factor the output accumulated so far must be rescaled by) are updated. A
+  // query that has seen only masked keys keeps m = -inf and exponentiates against 0 instead, so
+  // its weights are 2^-inf = 0 (no inf - inf = NaN), while NaN scores stay NaN.
+  void softmax_tile(const Item& it, int64_t n) const {
+    constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+    const int64_t ld = it.cols_pad;
+    for (int64_t c0 = 0; c0 < it.cols_pad; c0 += W) {
+      T* s = it.st + c0;
       V tile_max = V::set1(neg_inf);
-      for (int64_t j = 0; j < n; ++j) tile_max = max(tile_max, V::load(st + j * cols_pad + c0));
-      const V m_old = V::load(m + c0);
+      for (int64_t j = 0; j < n; ++j) tile_max = max(tile_max, V::load(s + j * ld));
+      const V m_old = V::load(it.m + c0);
       const V m_new = max(m_old, tile_max);
-      const V m_use = select_lt(m_new, V::set1(lowest), V::zero(), m_new);
+      const V m_use = select_lt(m_new, V::set1(std::numeric_limits<T>::lowest()), V::zero(), m_new);
       V sums[4] = {V::zero(), V::zero(), V::zero(), V::zero()};  // 4 chains: less rounding, more ILP
       for (int64_t j = 0; j < n; ++j) {
-        const V e = vexp2(V::load(st + j * cols_pad + c0) - m_use);
-        e.store(st + j * cols_pad + c0);
+        const V e = vexp2(V::load(s + j * ld) - m_use);
+        e.store(s + j * ld);
         sums[j & 3] = sums[j & 3] + e;
       }
-      const V sum = (sums[0] + sums[1]) + (sums[2] + sums[3]);
       const V alpha = vexp2(m_old - m_use);
-      fma(V::load(l + c0), alpha, sum).store(l + c0);
-      m_new.store(m + c0);
-      for (int64_t y = 0; y < dv; ++y) (V::load(ot + y * cols_pad + c0) * alpha).store(ot + y * cols_pad + c0);
+      fma(V::load(it.l + c0), alpha, (sums[0] + sums[1]) + (sums[2] + sums[3])).store(it.l + c0);
+      m_new.store(it.m + c0);
+      alpha.store(it.alpha + c0);
     }
+  }
 
-    // O^T += V^T P^T, R value dims by NVb vectors of queries per register block.
-    for (int64_t c0 = 0; c0 < cols_pad; c0 += NRb) {
+  // out = O / l per query, exactly 0 with lse -inf where l == 0 (no key seen); a NaN l stays NaN.
+  // O element (c, y) is at o[c * o_col + y * o_dim].
+  void finish(const Item& it, int64_t o_col, int64_t o_dim) const {
+    constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+    E* out = static_cast<E*>(p.out);
+    T* lse = static_cast<T*>(p.lse);
+    for (int64_t c = 0; c < it.cols; ++c) {
+      const int64_t h = it.hk * group + c / it.rows, i = it.i0 + c % it.rows;
+      const int64_t row = (it.b * p.hq + h) * p.lq + i;
+      const T lc = it.l[c];
+      const T inv = lc == T(0) ? T(0) : T(1) / lc;
+      E* dst = out + row * p.dv;
+      const T* o = it.o + c * o_col;
+      for (int64_t y = 0; y < p.dv; ++y) from_compute(lc == T(0) ? T(0) : o[y * o_dim] * inv, dst + y);
+      if (lse) lse[row] = lc == T(0) ? neg_inf : it.m[c] * T(kLn2) + std::log(lc);
+    }
+  }
+
+  void run_item(int64_t item, T* scratch) const {
+    const int64_t qb = q_blocks - 1 - item % q_blocks;
+    const int64_t cols = min64(rows_per_head, p.lq - qb * rows_per_head) * group;
+    if (cols <= kRowwiseMaxCols)
+      run_item_rowwise(item, scratch);
+    else if (cols <= W)
+      run_item_blocked<MRn, 1>(item, scratch);
+    else
+      run_item_blocked<MR, NV>(item, scratch);
+  }
+
+  template <int R, int NVb>
+  void run_item_blocked(int64_t item, T* scratch) const;
+  void run_item_rowwise(int64_t item, T* scratch) const;
+};
+
+// Many queries: S^T = K Q^T and O^T += V^T P^T with register blocks of R keys (or value dims) by
+// NVb vectors of queries. Q is stored transposed (Q^T[x][c]) and O as O^T[y][c].
+template <class E>
+template <int R, int NVb>
+void SdpaPlan<E>::run_item_blocked(int64_t item, T* scratch) const {
+  constexpr int64_t NRb = int64_t(NVb) * W;
+  const Item it = locate(item, scratch, NRb);
+  const int64_t d = p.d, dv = p.dv, ld = it.cols_pad;
+  const T scale = query_scale();
+  for (int64_t c = 0; c < it.cols; ++c) {
+    const E* qrow = query_row(it, c);
+    for (int64_t x = 0; x < d; ++x) it.q[x * ld + c] = to_compute(qrow[x]) * scale;
+  }
+  for (int64_t x = 0; x < d; ++x)
+    for (int64_t c = it.cols; c < ld; ++c) it.q[x * ld + c] = T(0);
+  for (int64_t i = 0; i < dv * ld; ++i) it.o[i] = T(0);
+
+  for (int64_t j0 = it.key_begin; j0 < it.key_end; j0 += BN) {
+    const int64_t n = min64(BN, it.key_end - j0), n_pad = round_up(n, R);
+    const bool v_finite = gather_tile(it, j0, n, n_pad);
+    // S^T = K Q^T, one column block at a time so its Q^T panel stays in L1.
+    for (int64_t c0 = 0; c0 < ld; c0 += NRb)
+      for (int64_t j = 0; j < n_pad; j += R)
+        score_micro<V, R, NVb>(it.krows + j, it.q + c0, ld, d, it.st + j * ld + c0, ld);
+    apply_masks(it, j0, n);
+    softmax_tile(it, n);
+    for (int64_t c0 = 0; c0 < ld; c0 += W) {
+      const V alpha = V::load(it.alpha + c0);
+      for (int64_t y = 0; y < dv; ++y) (V::load(it.o + y * ld + c0) * alpha).store(it.o + y * ld + c0);
+    }
+    // O^T += V^T P^T.
+    for (int64_t c0 = 0; c0 < ld; c0 += NRb) {
       for (int64_t y0 = 0; y0 < dv; y0 += R) {
         const int r = int(min64(R, dv - y0));
-        T* o = ot + y0 * cols_pad + c0;
+        T* o = it.o + y0 * ld + c0;
         if (v_finite)
-          AccumulateTail<V, R, NVb, false>::run(r, vrows, y0, st + c0, cols_pad, n, o, cols_pad);
+          AccumulateTail<V, R, NVb, false>::run(r, it.vrows, y0, it.st + c0, ld, n, o, ld);
         else
-          AccumulateTail<V, R, NVb, true>::run(r, vrows, y0, st + c0, cols_pad, n, o, cols_pad);
+          AccumulateTail<V, R, NVb, true>::run(r, it.vrows, y0, it.st + c0, ld, n, o, ld);
       }
     }
   }
+  finish(it, 1, ld);
+}
 
-  // A query that saw no key (l == 0) outputs exactly 0 with lse -inf; a NaN l keeps it NaN.
-  E* out = static_cast<E*>(p.out);
-  T* lse = static_cast<T*>(p.lse);
-  for (int64_t c = 0; c < cols; ++c) {
-    const int64_t h = hk * group + c / rows, i = i0 + c % rows;
-    const int64_t row = (b * p.hq + h) * p.lq + i;
-    const T lc = l[c];
-    const T inv = lc == T(0) ? T(0) : T(1) / lc;
-    E* dst = out + row * dv;
-    for (int64_t y = 0; y < dv; ++y) from_compute(lc == T(0) ? T(0) : ot[y * cols_pad + c] * inv, dst + y);
-    if (lse) lse[row] = lc == T(0) ? neg_inf : m[c] * T(kLn2) + std::log(lc);
+// dot(a, b) over n elements: W lanes at a time, the tail one by one.
+template <class V>
+static inline typename V::T dot_tail(const typename V::T* a, const typename V::T* b, int64_t x0,
+                                     int64_t n) {
+  typename V::T s = 0;
+  for (int64_t x = x0; x < n; ++x) s += a[x] * b[x];
+  return s;
+}
+
+// Few queries (decode): vectorised along the head dim. Each score is a dot product of a query
+// row with a key row, four keys at a time (four independent FMA chains, one horizontal sum each);
+// each output row gains weight * value row, four keys at a time. K and V stream from memory once
+// per tile and are re-read from L1 for the other queries. Q and O are stored by rows.
+template <class E>
+void SdpaPlan<E>::run_item_rowwise(int64_t item, T* scratch) const {
+  const Item it = locate(item, scratch, W);
+  const int64_t d = p.d, dv = p.dv, ld = it.cols_pad;
+  const int64_t d_vec = d / W * W, dv_vec = dv / W * W;
+  const T scale = query_scale();
+  for (int64_t c = 0; c < it.cols; ++c) {
+    const E* qrow = query_row(it, c);
+    for (int64_t x = 0; x < d; ++x) it.q[c * d + x] = to_compute(qrow[x]) * scale;
   }
+  for (int64_t i = 0; i < it.cols * dv; ++i) it.o[i] = T(0);
+  // Columns past it.cols are never read back; keep their scores finite.
+  for (int64_t j = 0; j < BN; ++j)
+    for (int64_t c = it.cols; c < ld; ++c) it.st[j * ld + c] = T(0);
+
+  for (int64_t j0 = it.key_begin; j0 < it.key_end; j0 += BN) {
+    const int64_t n = min64(BN, it.key_end - j0), n_pad = round_up(n, 4);
+    const bool v_finite = gather_tile(it, j0, n, n_pad);
+    const T* const* kr = it.krows;
+    for (int64_t c = 0; c < it.cols; ++c) {
+      const T* q = it.q + c * d;
+      for (int64_t j = 0; j < n_pad; j += 4) {
+        V acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+        for (int64_t x = 0; x < d_vec; x += W) {
+          const V qx = V::load(q + x);
+          for (int u = 0; u < 4; ++u) acc[u] = fma(qx, V::load(kr[j + u] + x), acc[u]);
+        }
+        for (int u = 0; u < 4 && j + u < n; ++u)
+          it.st[(j + u) * ld + c] = acc[u].reduce_add() + dot_tail<V>(q, kr[j + u], d_vec, d);
+      }
+    }
+    apply_masks(it, j0, n);
+    softmax_tile(it, n);
+    // Each output row gains sum_j weight_j * V row j, four keys at a time, summed from zero for
+    // the tile and then added to the rescaled row (two-level summation, as in the blocked path).
+    // Rows j0+n .. n_pad point at zeros and get weight 0.
+    for (int64_t c = 0; c < it.cols; ++c) {
+      T* acc = it.acc;
+      for (int64_t y = 0; y < dv; ++y) acc[y] = T(0);
+      for (int64_t j = 0; j < n; j += 4) {
+        const int64_t u_end = min64(4, n - j);
+        T w[4] = {0, 0, 0, 0};
+        for (int64_t u = 0; u < u_end; ++u) w[u] = it.st[(j + u) * ld + c];
+        const T* vr[4] = {it.vrows[j], it.vrows[j + 1], it.vrows[j + 2], it.vrows[j + 3]};
+        if (!v_finite) {
+          // Skip exactly-0 weights one key at a time: 0 * Inf or 0 * NaN must contribute 0.
+          for (int64_t u = 0; u < u_end; ++u) {
+            if (w[u] == T(0)) continue;
+            for (int64_t y = 0; y < dv; ++y) acc[y] += w[u] * vr[u][y];
+          }
+          continue;
+        }
+        const V w0 = V::set1(w[0]), w1 = V::set1(w[1]), w2 = V::set1(w[2]), w3 = V::set1(w[3]);
+        int64_t y = 0;
+        for (; y < dv_vec; y += W) {
+          V a = fma(w0, V::load(vr[0] + y), V::load(acc + y));
+          a = fma(w1, V::load(vr[1] + y), a);
+          a = fma(w2, V::load(vr[2] + y), a);
+          fma(w3, V::load(vr[3] + y), a).store(acc + y);
+        }
+        for (; y < dv; ++y) acc[y] += w[0] * vr[0][y] + w[1] * vr[1][y] + w[2] * vr[2][y] + w[3] * vr[3][y];
+      }
+      T* o = it.o + c * dv;
+      const T alpha = it.alpha[c];
+      for (int64_t y = 0; y < dv; ++y) o[y] = o[y] * alpha + acc[y];
+    }
+  }
+  finish(it, dv, 1);
 }
 
 template <class E>

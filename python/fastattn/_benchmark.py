@@ -450,12 +450,49 @@ def import_torch(wanted: bool, notes: list[str]) -> Any:
     return torch
 
 
+class OtherLoad:
+    """CPU time other processes used while the benchmark ran: a busy machine makes every figure suspect.
+
+    Linux only (/proc/stat); elsewhere fraction() is None. The machine's busy time minus this process's
+    (and its finished children's) CPU time is what others took.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                fields = [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+        machine_busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        own = os.times()
+        own_cpu = own.user + own.system + own.children_user + own.children_system
+        return machine_busy, own_cpu, time.perf_counter()
+
+    def fraction(self) -> float | None:
+        """Others' share of the machine's CPU capacity since construction (0 = idle machine)."""
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        busy, own, wall = (b - a for a, b in zip(self.start, end))
+        return max(0.0, busy - own) / max(wall * (os.cpu_count() or 1), 1e-9)
+
+
 def blas_thread_limit(threads: int, notes: list[str]) -> contextlib.AbstractContextManager:
-    """Pin NumPy's BLAS pool to the thread count the others use, when threadpoolctl can."""
+    """Pin NumPy's BLAS pool to the thread count the others use, when threadpoolctl can.
+
+    Without it BLAS uses its default, normally every core: the same as the others unless --threads or
+    FASTATTN_NUM_THREADS asked for fewer, which is when the note matters.
+    """
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        notes.append("NumPy's BLAS thread count is not pinned (threadpoolctl not installed)")
+        if threads != os.cpu_count():
+            notes.append(f"NumPy's BLAS is not held to {threads} thread(s) (threadpoolctl not installed)")
         return contextlib.nullcontext()
     return threadpool_limits(limits=threads, user_api="blas")
 
@@ -475,9 +512,9 @@ def gemm_ceiling(torch: Any, n: int = 4096, reps: int = 3) -> dict[str, Any]:
     b = rng.standard_normal((n, n), dtype=np.float32)
     if torch is not None:
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        fn, source = (lambda: torch.matmul(ta, tb)), "torch.matmul"
+        fn, source = (lambda: torch.matmul(ta, tb)), f"torch.matmul, {torch.get_num_threads()} threads"
     else:
-        fn, source = (lambda: a @ b), "numpy.matmul"
+        fn, source = (lambda: a @ b), "numpy.matmul, BLAS's threads"
     fn()  # warm-up
     seconds = float(np.median([time_calls(fn, 1)[0] for _ in range(reps)]))
     return {"gflops": 2.0 * n**3 / seconds / 1e9, "n": n, "source": source, "seconds": seconds}
@@ -505,9 +542,9 @@ def measure_ceilings(torch: Any, quick: bool, progress: Progress) -> dict[str, A
     return {"gemm": gemm, "copy": copy}
 
 
-def describe_ceilings(ceilings: dict[str, Any], threads: int) -> str:
+def describe_ceilings(ceilings: dict[str, Any]) -> str:
     gemm, copy = ceilings["gemm"], ceilings["copy"]
-    return (f"ceilings: GEMM {gemm['n']}^3 float32 ({gemm['source']}, {threads} threads) "
+    return (f"ceilings: GEMM {gemm['n']}^3 float32 ({gemm['source']}) "
             f"{gemm['gflops']:.1f} GFLOP/s | copy {copy['megabytes']} MB ({copy['source']}) "
             f"{copy['gbs']:.1f} GB/s")
 
@@ -582,10 +619,15 @@ def run_shapes(shapes: list[Shape], fastattn: Any, torch: Any, plan: TimingPlan,
 WORKER_CODE = "import sys, fastattn._benchmark as b; sys.exit(b.main(sys.argv[1:]))"
 
 
-def worker_main(shapes: list[Shape], fastattn: Any, plan: TimingPlan) -> int:
-    """--worker: time fastattn alone under this process's ISA; print one JSON line on stdout."""
+def worker_main(shapes: list[Shape], fastattn: Any, plan: TimingPlan, progress: Progress) -> int:
+    """--worker: time fastattn alone under this process's ISA; print one JSON line on stdout.
+
+    Progress goes to the stderr it shares with the parent, so a slow ISA (scalar) shows it is alive.
+    """
+    isa = fastattn.backends()["cpu"]["isa"]
     rows = []
-    for shape in shapes:
+    for i, shape in enumerate(shapes, 1):
+        progress.step(f"[isa {isa}] [{i}/{len(shapes)}] {shape.label} ...")
         q, k, v = make_inputs(shape)
         timings, last, errors = time_interleaved({"fastattn": fastattn_call(fastattn, q, k, v, shape.causal)},
                                                  plan)
@@ -595,8 +637,8 @@ def worker_main(shapes: list[Shape], fastattn: Any, plan: TimingPlan) -> int:
                        check=check_output(last["fastattn"], numpy_sdpa(q, k, v, causal=shape.causal)))
         rows.append(row)
         gc.collect()
-    cpu = fastattn.backends()["cpu"]
-    print(json.dumps({"isa": cpu["isa"], "threads": fastattn.get_num_threads(), "rows": rows}))
+    progress.clear()
+    print(json.dumps({"isa": isa, "threads": fastattn.get_num_threads(), "rows": rows}))
     return 0
 
 
@@ -608,13 +650,18 @@ def run_isa_worker(isa: str, shapes: list[Shape], threads: int, args: argparse.N
         command.append("--quick")
     if args.reps:
         command += ["--reps", str(args.reps)]
+    if args.quiet:
+        command.append("--quiet")
     env = dict(os.environ, FASTATTN_CPU_ISA=isa)
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)  # stderr: the user's
     lines = done.stdout.strip().splitlines()
+    failure = {"isa": isa, "rows": [], "error": f"worker exited with status {done.returncode} (stderr above)"}
     if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"isa": isa, "error": f"worker exited {done.returncode}: {tail}", "rows": []}
-    return json.loads(lines[-1])
+        return failure
+    try:
+        return json.loads(lines[-1])  # the last line: anything fastattn printed comes before it
+    except ValueError:
+        return {**failure, "error": f"worker printed no result line: {lines[-1][:200]!r}"}
 
 
 def run_isas(shapes: list[Shape], rows: list[dict[str, Any]], isas: list[str], threads: int,
@@ -627,13 +674,24 @@ def run_isas(shapes: list[Shape], rows: list[dict[str, Any]], isas: list[str], t
             notes.append(f"ISA {isa}: {result['error']}")
         by_spec = {r["spec"]: r for r in result["rows"]}
         for shape, row in zip(shapes, rows):
-            row["isa_times"][isa] = by_spec.get(shape.spec)
-            worker_row = by_spec.get(shape.spec) or {}
-            if worker_row.get("check") and not worker_row["check"]["ok"]:
-                notes.append(f"ISA {isa} MISMATCH on {shape.label}: rel err {worker_row['check']['rel_err']}")
-            if worker_row.get("kernel") and f"/{isa}/" not in f"/{worker_row['kernel']}/":
-                notes.append(f"ISA {isa} forced, but {shape.label} was served by {worker_row['kernel']}")
+            worker_row = by_spec.get(shape.spec)
+            row["isa_times"][isa] = worker_row
+            if worker_row:
+                notes += isa_notes(isa, shape, worker_row)
     progress.clear()
+
+
+def isa_notes(isa: str, shape: Shape, worker_row: dict[str, Any]) -> list[str]:
+    """What went wrong with one shape under one forced ISA, if anything."""
+    notes = [f"ISA {isa} {shape.label}: {message}" for message in worker_row["errors"].values()]
+    check = worker_row.get("check")
+    if check and not check["ok"]:
+        detail = f"rel err {check['rel_err']:.1e}" if check["rel_err"] is not None else check["reason"]
+        notes.append(f"ISA {isa} {shape.label}: MISMATCH vs NumPy, {detail}")
+    kernel = worker_row.get("kernel")
+    if kernel and f"/{isa}/" not in f"/{kernel}/":
+        notes.append(f"ISA {isa} was forced, but {shape.label} was served by {kernel}")
+    return notes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -672,6 +730,21 @@ def fmt_check(row: dict[str, Any]) -> str:
     return ("ok " if check["ok"] else "MISMATCH ") + detail
 
 
+def fmt_isa_cell(worker_row: dict[str, Any] | None) -> str:
+    """A forced ISA's time, or why there is none; a wrong result shows instead of its time."""
+    if not worker_row or worker_row["errors"]:
+        return "ERROR" if worker_row else "-"
+    if worker_row.get("check") and not worker_row["check"]["ok"]:
+        return "MISMATCH"
+    return fmt_ms(worker_row["median_s"])
+
+
+def row_failed(row: dict[str, Any]) -> bool:
+    """fastattn raised or disagreed with NumPy, under the default ISA or a forced one."""
+    default_bad = fmt_check(row) == "ERROR" or (row["check"] is not None and not row["check"]["ok"])
+    return default_bad or any(fmt_isa_cell(w) in ("ERROR", "MISMATCH") for w in row["isa_times"].values() if w)
+
+
 def median_of(row: dict[str, Any], name: str) -> float | None:
     timing = row["times"].get(name)
     return timing["median_s"] if timing else None
@@ -686,7 +759,7 @@ def table_columns(has_torch: bool, isas: list[str], ceilings: dict[str, Any] | N
         ("fastattn ms", ">", lambda r: fmt_ms(median_of(r, "fastattn"))),
     ]
     for isa in isas:
-        columns.append((f"{isa} ms", ">", lambda r, isa=isa: fmt_ms((r["isa_times"].get(isa) or {}).get("median_s"))))
+        columns.append((f"{isa} ms", ">", lambda r, isa=isa: fmt_isa_cell(r["isa_times"].get(isa))))
     columns += [
         ("GFLOP/s", ">", lambda r: fmt_rate(r.get("gflops"))),
         ("GB/s", ">", lambda r: fmt_rate(r.get("gbs"))),
@@ -744,35 +817,52 @@ def header_line(meta: dict[str, Any]) -> str:
             f"torch {meta['versions']['torch']} | python {meta['versions']['python']}")
 
 
-def method_line(plan: TimingPlan, rows: list[dict[str, Any]]) -> str:
-    reps = [len(t["samples_s"]) for r in rows for t in r["times"].values()]
-    span = f"{min(reps)}-{max(reps)}" if reps else "0"
-    return (f"times: median of {span} interleaved repetitions per shape (fastattn, NumPy, torch in turn), "
-            f"after warm-up, idle thread pools awaited between contenders; short calls batched into "
-            f"samples of >= {plan.min_sample_s * 1e3:g} ms. "
-            f"GFLOP/s counts 4*B*Hq*Lq*Lk*D (halved if causal); GB/s (decode) counts K and V read once.")
+def method_lines(plan: TimingPlan, rows: list[dict[str, Any]], has_torch: bool) -> list[str]:
+    """How the figures were obtained, so a pasted table carries its own caveats."""
+    reps = sorted({len(t["samples_s"]) for r in rows for t in r["times"].values()}) or [0]
+    span = f"{reps[0]}-{reps[-1]}" if len(reps) > 1 else f"{reps[0]}"
+    order = "fastattn, NumPy, torch" if has_torch else "fastattn, NumPy"
+    return [
+        f"timing: median of {span} interleaved repetitions per shape ({order} in turn), after warm-up; "
+        f"idle thread pools awaited between contenders; short calls batched into >= {plan.min_sample_s * 1e3:g} ms",
+        "rates:  GFLOP/s = 4*B*Hq*Lq*Lk*D / time (halved if causal); GB/s (decode) = K+V bytes / time; "
+        "vs X = X's time / fastattn's (> 1: fastattn faster)",
+        "check:  fastattn's output vs the NumPy float32 one, max abs diff / max |out|, MISMATCH above "
+        f"{MISMATCH_REL_TOL:g}",
+    ]
 
 
 def write_png(path: str, rows: list[dict[str, Any]], meta: dict[str, Any], notes: list[str]) -> None:
-    """Bar chart of fastattn's speedup over NumPy and torch per shape (log scale, 1x marked)."""
+    """Bar chart of fastattn's speedup over NumPy and torch per shape.
+
+    Log scale, with bars drawn from 1x, so a 2x win and a 2x loss look the same size in opposite ways.
+    """
     try:
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+        from matplotlib.ticker import FuncFormatter
     except Exception as exc:
         notes.append(f"--png skipped: matplotlib not importable ({type(exc).__name__})")
         return
-    series = [(name, [r.get(f"speedup_vs_{name}") or 0.0 for r in rows])
-              for name in ("numpy", "torch") if any(r.get(f"speedup_vs_{name}") for r in rows)]
+    series = [(title, np.array([r.get(f"speedup_vs_{name}") or np.nan for r in rows]))
+              for name, title in (("numpy", "vs NumPy"), ("torch", "vs torch"))
+              if any(r.get(f"speedup_vs_{name}") for r in rows)]
     fig = Figure(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(rows))
     width = 0.8 / max(len(series), 1)
-    for i, (name, values) in enumerate(series):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=f"vs {name}")
+    for i, (title, values) in enumerate(series):
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values - 1, width, bottom=1, label=title)
+        ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.3g}x" for v in values], fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
-    ax.set_ylabel("fastattn speedup (x)")
-    ax.set_xticks(x, [r["label"] for r in rows], rotation=30, ha="right", fontsize=8)
-    ax.set_title(f"fastattn SDPA, float32, ISA {meta['isa']}, {meta['threads']} threads, {meta['cpu']}",
+    low, high = ax.get_ylim()
+    ax.set_yticks([t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if low <= t <= high])
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}x"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
+    ax.set_ylabel("fastattn speedup (higher is better)")
+    ax.set_xticks(x)
+    ax.set_xticklabels([r["label"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_title(f"fastattn SDPA float32, ISA {meta['isa']}, {meta['threads']} threads, {meta['cpu']}",
                  fontsize=9)
     ax.legend()
     fig.savefig(path, dpi=120)
@@ -830,22 +920,75 @@ def collect_meta(fastattn: Any, torch: Any, threads: int, plan: TimingPlan) -> d
         "platform": platform.platform(), "plan": asdict(plan),
         "versions": {
             "fastattn": package_version(fastattn, "fastattn"), "numpy": np.__version__,
-            "torch": package_version(torch, "torch") if torch is not None else "absent",
+            "torch": package_version(torch, "torch") if torch is not None else "not used",
             "python": platform.python_version(),
         },
     }
 
 
+def result_notes(rows: list[dict[str, Any]], other_load: float | None) -> list[str]:
+    """What a reader of the table must know: failures, a doubtful reference, a busy machine."""
+    notes = []
+    for row in rows:
+        notes += [f"{row['label']} {name}: {message}" for name, message in row["errors"].items()]
+        if row.get("torch_check") and not row["torch_check"]["ok"]:
+            notes.append(f"{row['label']}: torch disagrees with the NumPy reference too: suspect the reference")
+    if other_load is not None and other_load > 0.05:
+        notes.append(f"other processes used {100 * other_load:.0f}% of the machine's CPU time during the run: "
+                     "the timings are disturbed; rerun on an idle machine")
+    return notes
+
+
 def write_outputs(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[Column],
-                  meta: dict[str, Any], notes: list[str]) -> None:
+                  meta: dict[str, Any], preamble: list[str], notes: list[str]) -> None:
+    """The optional files: chart first, so a note it adds reaches the JSON and markdown too."""
+    if args.png:
+        write_png(args.png, rows, meta, notes)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"meta": {**meta, "notes": notes}, "rows": rows}, f, indent=1)
     if args.markdown:
+        parts = ["  \n".join(preamble), render_markdown(rows, columns)]  # "  \n": a markdown line break
+        if notes:
+            parts.append("\n".join(f"- note: {n}" for n in notes))
         with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(f"{header_line(meta)}\n\n{render_markdown(rows, columns)}\n")
-    if args.png:
-        write_png(args.png, rows, meta, notes)
+            f.write("\n\n".join(parts) + "\n")
+
+
+def run_benchmark(args: argparse.Namespace, fastattn: Any, threads: int, plan: TimingPlan,
+                  progress: Progress) -> int:
+    """The main process: time every shape, optionally every ISA, print the table, write the files."""
+    notes: list[str] = []
+    other_load = OtherLoad()
+    torch = import_torch(args.torch, notes)
+    if torch is not None:
+        torch.set_num_threads(threads)  # same cores for both, or the comparison means nothing
+    with blas_thread_limit(threads, notes):
+        meta = collect_meta(fastattn, torch, threads, plan)
+        preamble = [header_line(meta)]
+        print(preamble[0], flush=True)
+        ceilings = measure_ceilings(torch, args.quick, progress) if args.ceilings else None
+        if ceilings:
+            meta["ceilings"] = ceilings
+            preamble.append(describe_ceilings(ceilings))
+            print(preamble[-1], flush=True)
+        rows = run_shapes(args.shape_list, fastattn, torch, plan, progress)
+    isas = meta["available_isas"] if args.isas else []
+    if isas:
+        run_isas(args.shape_list, rows, isas, threads, args, progress, notes)
+        notes.append("per-ISA columns come from separate processes, timed after the main run "
+                     "(not interleaved with the others)")
+    meta["other_load"] = other_load.fraction()
+    notes += result_notes(rows, meta["other_load"])
+
+    columns = table_columns(torch is not None, isas, ceilings)
+    method = method_lines(plan, rows, torch is not None)
+    preamble += method
+    print("\n".join(method) + "\n\n" + render_table(rows, columns))
+    write_outputs(args, rows, columns, meta, preamble, notes)
+    if notes:
+        print("\n" + "\n".join(f"note: {n}" for n in notes))
+    return 1 if any(row_failed(row) for row in rows) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -860,43 +1003,10 @@ def main(argv: list[str] | None = None) -> int:
         fastattn.set_num_threads(args.threads)
     threads = fastattn.get_num_threads()
     plan = timing_plan(args)
-    if args.worker:
-        return worker_main(args.shape_list, fastattn, plan)
-
-    notes: list[str] = []
     progress = Progress(quiet=args.quiet)
-    torch = import_torch(args.torch, notes)
-    if torch is not None:
-        torch.set_num_threads(threads)  # same cores for both, or the comparison means nothing
-    with blas_thread_limit(threads, notes):
-        meta = collect_meta(fastattn, torch, threads, plan)
-        print(header_line(meta), flush=True)
-        ceilings = measure_ceilings(torch, args.quick, progress) if args.ceilings else None
-        if ceilings:
-            meta["ceilings"] = ceilings
-            print(describe_ceilings(ceilings, threads), flush=True)
-        rows = run_shapes(args.shape_list, fastattn, torch, plan, progress)
-    isas = meta["available_isas"] if args.isas else []
-    if isas:
-        run_isas(args.shape_list, rows, isas, threads, args, progress, notes)
-        notes.append("per-ISA columns come from separate processes, timed after the main run "
-                     "(not interleaved with the others)")
-    for row in rows:
-        notes += [f"{row['label']} {name}: {message}" for name, message in row["errors"].items()]
-        if row.get("torch_check") and not row["torch_check"]["ok"]:
-            notes.append(f"{row['label']}: torch disagrees with the NumPy reference too "
-                         f"(rel err {row['torch_check']['rel_err']}): suspect the reference")
-
-    columns = table_columns(torch is not None, isas, ceilings)
-    print(method_line(plan, rows))
-    print()
-    print(render_table(rows, columns))
-    write_outputs(args, rows, columns, meta, notes)
-    if notes:
-        print()
-        print("\n".join(f"note: {n}" for n in notes))
-    failed = [r for r in rows if fmt_check(r) != "unchecked" and not fmt_check(r).startswith("ok")]
-    return 1 if failed else 0
+    if args.worker:
+        return worker_main(args.shape_list, fastattn, plan, progress)
+    return run_benchmark(args, fastattn, threads, plan, progress)
 
 
 if __name__ == "__main__":
