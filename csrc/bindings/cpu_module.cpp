@@ -34,6 +34,16 @@ const char* dtype_name(DType d) {
 
 int64_t dtype_size(DType d) { return d == DType::f64 ? 8 : d == DType::f32 ? 4 : 2; }
 
+// "cpu/<isa>/sdpa/<dtype>", made once per pair (last_kernel() is set on every call) and never
+// freed, so no Python object outlives the interpreter in a static destructor.
+py::str kernel_name(fastattn::cpu::Isa isa, DType dtype) {
+  static py::str* names[3][4] = {};
+  py::str*& name = names[int(isa)][int(dtype)];
+  if (name == nullptr)
+    name = new py::str(std::string("cpu/") + fastattn::cpu::isa_name(isa) + "/sdpa/" + dtype_name(dtype));
+  return *name;
+}
+
 [[noreturn]] void internal_error(const std::string& what) {
   throw py::value_error("fastattn._cpu: " + what + " (the Python layer should have caught this)");
 }
@@ -79,9 +89,18 @@ void check_operand(const py::array& a, const char* name, py::ssize_t ndim, int64
     internal_error(std::string(name) + " is not contiguous in its last dim");
 }
 
-std::string sdpa(py::array q, py::array k, py::array v, py::array out, py::object lse,
-                 py::object mask, py::object kv_lengths, int dtype_code, double scale,
-                 int64_t diag, int64_t left, int64_t right) {
+// The operands arrive as handles: the Python layer passes ndarrays, and checking that is cheaper
+// than pybind11's conversion (PyArray_FromAny per array), which a tiny call would feel.
+py::array as_array(py::handle h, const char* name) {
+  if (!py::isinstance<py::array>(h)) internal_error(std::string(name) + " is not an ndarray");
+  return py::reinterpret_borrow<py::array>(h);
+}
+
+py::str sdpa(py::handle q_handle, py::handle k_handle, py::handle v_handle, py::handle out_handle,
+             py::handle lse, py::handle mask, py::handle kv_lengths, int dtype_code,
+             double scale, int64_t diag, int64_t left, int64_t right) {
+  py::array q = as_array(q_handle, "query"), k = as_array(k_handle, "key");
+  py::array v = as_array(v_handle, "value"), out = as_array(out_handle, "out");
   const DType dtype = static_cast<DType>(dtype_code);
   if (dtype_code < 0 || dtype_code > 3) internal_error("unknown dtype code");
   const int64_t itemsize = dtype_size(dtype);
@@ -129,7 +148,7 @@ std::string sdpa(py::array q, py::array k, py::array v, py::array out, py::objec
   const int64_t compute_size = dtype == DType::f64 ? 8 : 4;
   py::array lse_array;
   if (!lse.is_none()) {
-    lse_array = lse.cast<py::array>();
+    lse_array = as_array(lse, "lse");
     if (lse_array.size() != p.batch * p.hq * p.lq || lse_array.itemsize() != compute_size ||
         !(lse_array.flags() & py::array::c_style))
       internal_error("lse has the wrong size, dtype or layout");
@@ -139,7 +158,7 @@ std::string sdpa(py::array q, py::array k, py::array v, py::array out, py::objec
   py::array mask_array;
   std::vector<int64_t> mask_off;
   if (!mask.is_none()) {
-    mask_array = mask.cast<py::array>();
+    mask_array = as_array(mask, "mask");
     const bool boolean = mask_array.dtype().kind() == 'b';
     const int64_t mask_itemsize = boolean ? 1 : compute_size;
     if (mask_array.ndim() != ndim || mask_array.itemsize() != mask_itemsize)
@@ -160,7 +179,8 @@ std::string sdpa(py::array q, py::array k, py::array v, py::array out, py::objec
   py::array_t<int64_t> lengths_array;
   std::vector<int64_t> lengths;
   if (!kv_lengths.is_none()) {
-    lengths_array = kv_lengths.cast<py::array_t<int64_t>>();
+    lengths_array = py::array_t<int64_t>::ensure(kv_lengths);
+    if (!lengths_array) internal_error("kv_lengths is not an int64 array");
     if (size_t(lengths_array.ndim()) != nb) internal_error("kv_lengths has the wrong ndim");
     const std::vector<int64_t> off = batch_offsets(lengths_array, batch_shape, 8);
     lengths.resize(off.size());
@@ -183,7 +203,7 @@ std::string sdpa(py::array q, py::array k, py::array v, py::array out, py::objec
     py::gil_scoped_release release;
     kernel(p);
   }
-  return std::string("cpu/") + fastattn::cpu::isa_name(isa) + "/sdpa/" + dtype_name(dtype);
+  return kernel_name(isa, dtype);
 }
 
 std::vector<std::string> names(const std::vector<fastattn::cpu::Isa>& isas) {

@@ -521,9 +521,15 @@ static void sdpa_typed(const SdpaParams& p) {
   const double macs = double(p.batch) * double(p.hq) * double(p.lq) * double(p.lk) *
                       double(p.d + p.dv + 8);
   const bool parallel = p.num_threads > 1 && items > 1 && macs > 1.5e5;
+  if (!parallel) {  // not even an inactive OpenMP region: entering one costs about a microsecond
+    T* scratch = static_cast<T*>(scratch_arena.get(plan.scratch_bytes));
+    if (!scratch) throw std::bad_alloc();
+    for (int64_t item = 0; item < items; ++item) plan.run_item(item, scratch);
+    return;
+  }
   int failed = 0;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(p.num_threads) if (parallel)
+#pragma omp parallel num_threads(p.num_threads)
 #endif
   {
     T* scratch = static_cast<T*>(scratch_arena.get(plan.scratch_bytes));

@@ -75,6 +75,10 @@ def select(backend: str, *arrays: Any) -> str:
     else CUDA when the inputs live on the GPU, else CPU. Raises RuntimeError if it is not there."""
     if backend == "auto":
         backend = _default.get() or _env_backend or "auto"
+        if backend == "auto" and all(type(a) is np.ndarray for a in arrays):
+            return "cpu"
+    if backend == "cpu":
+        return backend
     _check_name(backend)
     if backend == "auto":
         backend = "cuda" if any(_on_gpu(a) for a in arrays) else "cpu"

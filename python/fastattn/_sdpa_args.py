@@ -3,6 +3,10 @@
 Every shape, dtype and option is checked here, with the offending shapes or values in the message,
 and every operand is brought to the form the kernels take: the same number of dims (batch dims
 first, size 1 where broadcast), the same storage dtype, the last dim contiguous. The kernels trust it.
+
+The checks of a call without mask, kv_lengths and out= depend only on the operands' shapes,
+strides and dtypes and on the options; their outcome is memoised under exactly those, so a repeated
+small call (decoding, tiny shapes) costs a dictionary lookup instead of the checks.
 """
 
 from __future__ import annotations
@@ -19,21 +23,46 @@ from . import _dtypes
 _UNBOUNDED = 1 << 59
 
 
-class SdpaCall(NamedTuple):
-    q: np.ndarray
-    k: np.ndarray
-    v: np.ndarray
-    out: np.ndarray  # kernel-shaped (>= 3 dims) view of `result`
-    result: np.ndarray  # what the caller gets: out= itself or a new array, in the caller's layout
-    lse: Optional[np.ndarray]  # kernel-shaped (batch..., Hq, Lq) or None
-    lse_result: Optional[np.ndarray]
-    mask: Optional[np.ndarray]
-    kv_lengths: Optional[np.ndarray]
-    dtype_code: int
-    scale: float
-    diag: int
-    left: int
-    right: int
+# What prepare() returns: (args, result, lse_result) with args the arguments of the kernel entry
+# point _cpu.sdpa, result what the caller gets (out= itself or a new array, in the caller's
+# layout) and lse_result the lse in the caller's layout or None. A plain tuple: on the memoised
+# path a NamedTuple's construction alone would cost a noticeable part of a tiny call.
+SdpaCall = Tuple[tuple, np.ndarray, Optional[np.ndarray]]
+
+
+class _Plan(NamedTuple):
+    """What checking a call decided, for calls whose checks depend only on shapes, strides, dtypes
+    and options (no mask, no kv_lengths, no out=) and needed no copy: replayed on a memo hit."""
+
+    q_shape: Tuple[int, ...]  # kernel-shaped views of the operands
+    k_shape: Tuple[int, ...]
+    v_shape: Tuple[int, ...]
+    result_shape: Tuple[int, ...]
+    kernel_shape: Tuple[int, ...]
+    lse_shape: Optional[Tuple[int, ...]]
+    lse_result_shape: Optional[Tuple[int, ...]]
+    dtype: np.dtype
+    lse_dtype: np.dtype
+    tail: tuple  # dtype code, scale, diag, left, right
+
+    def call(self, q, k, v) -> SdpaCall:
+        result = np.empty(self.result_shape, self.dtype)
+        out = result.reshape(self.kernel_shape) if self.kernel_shape != self.result_shape else result
+        lse = lse_result = None
+        if self.lse_shape is not None:
+            lse = np.empty(self.lse_shape, self.lse_dtype)
+            lse_result = lse.reshape(self.lse_result_shape)
+        if q.shape != self.q_shape:
+            q = q.reshape(self.q_shape)
+        if k.shape != self.k_shape:
+            k = k.reshape(self.k_shape)
+        if v.shape != self.v_shape:
+            v = v.reshape(self.v_shape)
+        return (q, k, v, out, lse, None, None) + self.tail, result, lse_result
+
+
+_plans: dict = {}
+_PLANS_MAX = 256
 
 
 def _as_operand(x: Any, dtype: np.dtype) -> np.ndarray:
@@ -168,6 +197,48 @@ def _out(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs) -> np.ndarra
 def prepare(
     query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out
 ) -> SdpaCall:
+    """Check every argument and bring the operands to kernel form (see the module docstring)."""
+    memo = None
+    if (
+        attn_mask is None and kv_lengths is None and out is None
+        and type(query) is np.ndarray and type(key) is np.ndarray and type(value) is np.ndarray
+    ):
+        # Option types are part of the key: causal=1 must not hit causal=True's plan (1 == True).
+        try:
+            memo = (
+                query.shape, query.strides, query.dtype, key.shape, key.strides, key.dtype,
+                value.shape, value.strides, value.dtype, type(causal), causal, type(scale), scale,
+                None if window is None else (tuple(window), tuple(map(type, window))),
+                bool(return_lse),
+            )
+            plan = _plans.get(memo)
+        except TypeError:  # an unhashable option: the checks below will say what is wrong
+            plan = memo = None
+        if plan is not None and query.flags.aligned and key.flags.aligned and value.flags.aligned:
+            return plan.call(query, key, value)
+    call = _check_and_normalise(
+        query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out
+    )
+    # Remember the plan only when no operand had to be converted or copied.
+    args, result, lse_result = call
+    if memo is not None and all(
+        a.ctypes.data == b.ctypes.data and a.dtype == b.dtype
+        for a, b in zip(args[:3], (query, key, value))
+    ):
+        if len(_plans) >= _PLANS_MAX:
+            _plans.clear()
+        lse = args[4]
+        _plans[memo] = _Plan(
+            args[0].shape, args[1].shape, args[2].shape, result.shape, args[3].shape,
+            None if lse is None else lse.shape, None if lse_result is None else lse_result.shape,
+            result.dtype, np.dtype(np.float32) if lse is None else lse.dtype, args[7:],
+        )
+    return call
+
+
+def _check_and_normalise(
+    query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out
+) -> SdpaCall:
     q, k, v = np.asarray(query), np.asarray(key), np.asarray(value)
     dtype = _dtypes.common_float_dtype((q, k, v), ("query", "key", "value"))
     for a, name in ((q, "query"), (k, "key"), (v, "value")):
@@ -219,7 +290,8 @@ def prepare(
     if return_lse:
         lse = np.empty(batch + (hq, lq), _dtypes.compute_dtype(dtype))
         lse_result = lse.reshape(lq) if two_d else lse
-    return SdpaCall(
-        qn, kn, vn, kernel_out, result, lse, lse_result, mask, lengths,
+    args = (
+        qn, kn, vn, kernel_out, lse, mask, lengths,
         _dtypes.code_of(dtype), _scale(scale, d), diag, left, right,
     )
+    return args, result, lse_result

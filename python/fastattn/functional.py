@@ -48,12 +48,8 @@ def scaled_dot_product_attention(
     the output's shape and dtype (never silently copied into); it is returned.
     """
     _backend.select(backend, query, key, value)
-    call = _sdpa_args.prepare(
+    args, result, lse = _sdpa_args.prepare(
         query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out
     )
-    kernel = _cpu.sdpa(
-        call.q, call.k, call.v, call.out, call.lse, call.mask, call.kv_lengths,
-        call.dtype_code, call.scale, call.diag, call.left, call.right,
-    )
-    _backend.record_kernel(kernel)
-    return (call.result, call.lse_result) if return_lse else call.result
+    _backend.record_kernel(_cpu.sdpa(*args))
+    return (result, lse) if return_lse else result
