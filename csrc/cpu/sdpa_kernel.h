@@ -126,6 +126,34 @@ static inline void accumulate_micro(const typename V::T* const* vrows, int64_t y
     for (int c = 0; c < NV; ++c) (acc[r][c] + V::load(ot + r * ldo + c * W)).store(ot + r * ldo + c * W);
 }
 
+// Weights of an R x NV block of fresh scores (base 2) against a running max m that is finite but
+// may be stale: each score s becomes 2^(s - m), and the block's max and sum per query are folded
+// into tmax and tsum. Rows from `valid` on are padding keys and get weight 0. Run right after the
+// block was scored, while it is in L1.
+template <class V, int R, int NV>
+static inline void exp_block(typename V::T* s, int64_t lds, const typename V::T* m,
+                             typename V::T* tmax, typename V::T* tsum, int64_t valid) {
+  constexpr int W = V::W;
+  for (int c = 0; c < NV; ++c) {
+    const V mc = V::load(m + c * W);
+    V bmax = V::load(tmax + c * W), bsum = V::zero();
+    for (int r = 0; r < R; ++r) {
+      typename V::T* at = s + r * lds + c * W;
+      if (r < valid) {
+        const V x = V::load(at);
+        bmax = max(bmax, x);
+        const V e = vexp2(x - mc);
+        e.store(at);
+        bsum = bsum + e;
+      } else {
+        V::zero().store(at);
+      }
+    }
+    bmax.store(tmax + c * W);
+    (V::load(tsum + c * W) + bsum).store(tsum + c * W);
+  }
+}
+
 // accumulate_micro for the last `rows` (< R) value dims: picks the instantiation at run time.
 template <class V, int R, int NV, bool kSafe>
 struct AccumulateTail {
@@ -168,10 +196,12 @@ struct SdpaPlan {
   int64_t rows_per_head;  // query rows of one head in a work item
   int64_t q_blocks;
   int64_t cols_cap;       // columns (queries) per item, padded to whole register blocks
-  // Scratch layout (elements of T): Q, S^T, O, m, l, alpha, a tile's output row (row-wise path),
+  // Scratch layout (elements of T): Q, S^T, O, m, l, alpha (also a tile's max on the lazy path),
+  // a tile's sum of weights (lazy path), a tile's output row (row-wise path),
   // widened K and V tiles, a zero row,
   // then the key and value row pointers.
-  int64_t off_st, off_o, off_m, off_l, off_alpha, off_acc, off_kw, off_vw, off_zero, scratch_elems;
+  int64_t off_st, off_o, off_m, off_l, off_alpha, off_tsum, off_acc, off_kw, off_vw, off_zero,
+      scratch_elems;
   size_t scratch_bytes;
 
   explicit SdpaPlan(const SdpaParams& params) : p(params) {
@@ -187,7 +217,8 @@ struct SdpaPlan {
     off_m = off_o + p.dv * cols_cap;
     off_l = off_m + cols_cap;
     off_alpha = off_l + cols_cap;
-    off_acc = off_alpha + cols_cap;
+    off_tsum = off_alpha + cols_cap;
+    off_acc = off_tsum + cols_cap;
     off_kw = off_acc + p.dv;
     off_vw = off_kw + (kWiden ? BN * p.d : 0);
     off_zero = off_vw + (kWiden ? BN * p.dv : 0);
@@ -203,7 +234,7 @@ struct SdpaPlan {
     int64_t b, hk, i0, rows, cols, cols_pad, key_begin, key_end;
     const E* k;
     const E* v;
-    T *q, *st, *o, *m, *l, *alpha, *acc, *kw, *vw, *zero_row;
+    T *q, *st, *o, *m, *l, *alpha, *tsum, *acc, *kw, *vw, *zero_row;
     const T** krows;
     const T** vrows;
   };
@@ -232,6 +263,7 @@ struct SdpaPlan {
     it.m = scratch + off_m;
     it.l = scratch + off_l;
     it.alpha = scratch + off_alpha;
+    it.tsum = scratch + off_tsum;
     it.acc = scratch + off_acc;
     it.kw = scratch + off_kw;
     it.vw = scratch + off_vw;
@@ -280,6 +312,11 @@ struct SdpaPlan {
     return check.reduce_add() == T(0);
   }
 
+  // Whether the band (causal, window) hides some key j0 .. j0+n-1 from some query of the item.
+  bool band_cuts(const Item& it, int64_t j0, int64_t n) const {
+    return it.i0 + it.rows - 1 + p.diag - p.left > j0 || it.i0 + p.diag + p.right < j0 + n - 1;
+  }
+
   // Masks on S^T (row j = key j0 + j, column c). A masked score becomes -inf by assignment (never
   // by adding), so NaN or Inf in a masked key cannot leak into the row. The band (causal, window)
   // only needs checking on tiles it cuts.
@@ -287,9 +324,7 @@ struct SdpaPlan {
     constexpr T neg_inf = -std::numeric_limits<T>::infinity();
     const int64_t ld = it.cols_pad, rows = it.rows;
     T* st = it.st;
-    const bool band_cuts_tile = it.i0 + rows - 1 + p.diag - p.left > j0 ||
-                                it.i0 + p.diag + p.right < j0 + n - 1;
-    if (band_cuts_tile) {
+    if (band_cuts(it, j0, n)) {
       for (int64_t j = 0; j < n; ++j) {
         // Query rows that see key j0 + j: i in [j0 + j - diag - right, j0 + j - diag + left].
         const int64_t r_lo = max64(0, j0 + j - p.diag - p.right - it.i0);
@@ -399,18 +434,41 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, T* scratch) const {
     for (int64_t c = it.cols; c < ld; ++c) it.q[x * ld + c] = T(0);
   for (int64_t i = 0; i < dv * ld; ++i) it.o[i] = T(0);
 
+  // Lazy rescaling: once every query has a finite running max m, an unmasked tile is exponentiated
+  // against that m block by block, right after scoring (no max pass, no rescale of O: softmax is
+  // shift-invariant, and lse = m + log l stays consistent). A tile that would give some weight
+  // above 2^kLazyHeadroom is redone the classic way with a fresh max, so sums cannot overflow.
+  constexpr T kLazyHeadroom = T(8);
+  bool m_ready = false;
   for (int64_t j0 = it.key_begin; j0 < it.key_end; j0 += BN) {
     const int64_t n = min64(BN, it.key_end - j0), n_pad = round_up(n, R);
     const bool v_finite = gather_tile(it, j0, n, n_pad);
-    // S^T = K Q^T, one column block at a time so its Q^T panel stays in L1.
-    for (int64_t c0 = 0; c0 < ld; c0 += NRb)
-      for (int64_t j = 0; j < n_pad; j += R)
-        score_micro<V, R, NVb>(it.krows + j, it.q + c0, ld, d, it.st + j * ld + c0, ld);
-    apply_masks(it, j0, n);
-    softmax_tile(it, n);
-    for (int64_t c0 = 0; c0 < ld; c0 += W) {
-      const V alpha = V::load(it.alpha + c0);
-      for (int64_t y = 0; y < dv; ++y) (V::load(it.o + y * ld + c0) * alpha).store(it.o + y * ld + c0);
+    bool lazy = m_ready && p.mask_kind == MaskKind::none && !band_cuts(it, j0, n);
+    if (lazy) {
+      T* tmax = it.alpha;
+      for (int64_t c = 0; c < ld; ++c) tmax[c] = -std::numeric_limits<T>::infinity(), it.tsum[c] = T(0);
+      for (int64_t c0 = 0; c0 < ld; c0 += NRb)
+        for (int64_t j = 0; j < n_pad; j += R) {
+          score_micro<V, R, NVb>(it.krows + j, it.q + c0, ld, d, it.st + j * ld + c0, ld);
+          exp_block<V, R, NVb>(it.st + j * ld + c0, ld, it.m + c0, tmax + c0, it.tsum + c0, n - j);
+        }
+      for (int64_t c = 0; c < ld && lazy; ++c) lazy = !(tmax[c] > it.m[c] + kLazyHeadroom);
+      if (lazy)
+        for (int64_t c = 0; c < ld; ++c) it.l[c] += it.tsum[c];
+    }
+    if (!lazy) {
+      // S^T = K Q^T, one column block at a time so its Q^T panel stays in L1.
+      for (int64_t c0 = 0; c0 < ld; c0 += NRb)
+        for (int64_t j = 0; j < n_pad; j += R)
+          score_micro<V, R, NVb>(it.krows + j, it.q + c0, ld, d, it.st + j * ld + c0, ld);
+      apply_masks(it, j0, n);
+      softmax_tile(it, n);
+      for (int64_t c0 = 0; c0 < ld; c0 += W) {
+        const V alpha = V::load(it.alpha + c0);
+        for (int64_t y = 0; y < dv; ++y) (V::load(it.o + y * ld + c0) * alpha).store(it.o + y * ld + c0);
+      }
+      m_ready = true;
+      for (int64_t c = 0; c < ld && m_ready; ++c) m_ready = it.m[c] > -std::numeric_limits<T>::infinity();
     }
     // O^T += V^T P^T.
     for (int64_t c0 = 0; c0 < ld; c0 += NRb) {
