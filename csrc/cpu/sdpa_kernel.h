@@ -438,9 +438,13 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, T* scratch) const {
   // against that m block by block, right after scoring (no max pass, no rescale of O: softmax is
   // shift-invariant, and lse = m + log l stays consistent). A tile that would give some weight
   // above 2^kLazyHeadroom is redone the classic way with a fresh max, so sums cannot overflow.
+  // Tiles are visited last to first: under causal masking the first one visited is then the
+  // diagonal tile, which needs the classic path for its mask anyway and sets m for all the rest.
   constexpr T kLazyHeadroom = T(8);
   bool m_ready = false;
-  for (int64_t j0 = it.key_begin; j0 < it.key_end; j0 += BN) {
+  const int64_t tiles = max64(0, it.key_end - it.key_begin + BN - 1) / BN;
+  for (int64_t t = tiles - 1; t >= 0; --t) {
+    const int64_t j0 = it.key_begin + t * BN;
     const int64_t n = min64(BN, it.key_end - j0), n_pad = round_up(n, R);
     const bool v_finite = gather_tile(it, j0, n, n_pad);
     bool lazy = m_ready && p.mask_kind == MaskKind::none && !band_cuts(it, j0, n);
