@@ -75,8 +75,12 @@ def select(backend: str, *arrays: Any) -> str:
     else CUDA when the inputs live on the GPU, else CPU. Raises RuntimeError if it is not there."""
     if backend == "auto":
         backend = _default.get() or _env_backend or "auto"
-        if backend == "auto" and all(type(a) is np.ndarray for a in arrays):
-            return "cpu"
+        if backend == "auto":
+            for a in arrays:  # a loop, not all(generator): this runs on every call, tiny ones too
+                if type(a) is not np.ndarray:
+                    break
+            else:
+                return "cpu"
     if backend == "cpu":
         return backend
     _check_name(backend)

@@ -5,8 +5,9 @@ and every operand is brought to the form the kernels take: the same number of di
 first, size 1 where broadcast), the same storage dtype, the last dim contiguous. The kernels trust it.
 
 The checks of a call without mask, kv_lengths and out= depend only on the operands' shapes,
-strides and dtypes and on the options; their outcome is memoised under exactly those, so a repeated
-small call (decoding, tiny shapes) costs a dictionary lookup instead of the checks.
+strides and dtypes and on the options; their outcome is memoised under exactly those (shapes and
+options in the key, strides and dtypes checked by the plan), so a repeated small call (decoding,
+tiny shapes) costs a dictionary lookup instead of the checks.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class _Plan(NamedTuple):
     """What checking a call decided, for calls whose checks depend only on shapes, strides, dtypes
     and options (no mask, no kv_lengths, no out=) and needed no copy: replayed on a memo hit."""
 
+    strides: Tuple[Tuple[int, ...], ...]  # of the caller's query, key, value
+    reshaped: bool  # whether the kernel-shaped views differ from the caller's arrays
     q_shape: Tuple[int, ...]  # kernel-shaped views of the operands
     k_shape: Tuple[int, ...]
     v_shape: Tuple[int, ...]
@@ -43,22 +46,17 @@ class _Plan(NamedTuple):
     lse_result_shape: Optional[Tuple[int, ...]]
     dtype: np.dtype
     lse_dtype: np.dtype
-    tail: tuple  # dtype code, scale, diag, left, right
+    tail: tuple  # mask, kv_lengths, dtype code, scale, diag, left, right
 
-    def call(self, q, k, v) -> SdpaCall:
-        result = np.empty(self.result_shape, self.dtype)
-        out = result.reshape(self.kernel_shape) if self.kernel_shape != self.result_shape else result
-        lse = lse_result = None
-        if self.lse_shape is not None:
-            lse = np.empty(self.lse_shape, self.lse_dtype)
-            lse_result = lse.reshape(self.lse_result_shape)
-        if q.shape != self.q_shape:
-            q = q.reshape(self.q_shape)
-        if k.shape != self.k_shape:
-            k = k.reshape(self.k_shape)
-        if v.shape != self.v_shape:
-            v = v.reshape(self.v_shape)
-        return (q, k, v, out, lse, None, None) + self.tail, result, lse_result
+    def call(self, q, k, v) -> "SdpaCall":
+        result = out = np.empty(self.result_shape, self.dtype)
+        if self.reshaped:
+            q, k, v = q.reshape(self.q_shape), k.reshape(self.k_shape), v.reshape(self.v_shape)
+            out = result.reshape(self.kernel_shape)
+        if self.lse_shape is None:
+            return (q, k, v, out, None) + self.tail, result, None
+        lse = np.empty(self.lse_shape, self.lse_dtype)
+        return (q, k, v, out, lse) + self.tail, result, lse.reshape(self.lse_result_shape)
 
 
 _plans: dict = {}
@@ -203,18 +201,25 @@ def prepare(
         attn_mask is None and kv_lengths is None and out is None
         and type(query) is np.ndarray and type(key) is np.ndarray and type(value) is np.ndarray
     ):
-        # Option types are part of the key: causal=1 must not hit causal=True's plan (1 == True).
+        # The key holds shapes and options (with their types: causal=1 must not hit causal=True's
+        # plan, as 1 == True); the plan itself checks strides and dtypes, by identity for dtypes,
+        # so a byte-swapped float32 (equal in hash, not identical) misses.
         try:
             memo = (
-                query.shape, query.strides, query.dtype, key.shape, key.strides, key.dtype,
-                value.shape, value.strides, value.dtype, type(causal), causal, type(scale), scale,
+                query.shape, key.shape, value.shape, type(causal), causal, type(scale), scale,
                 None if window is None else (tuple(window), tuple(map(type, window))),
                 bool(return_lse),
             )
             plan = _plans.get(memo)
         except TypeError:  # an unhashable option: the checks below will say what is wrong
             plan = memo = None
-        if plan is not None and query.flags.aligned and key.flags.aligned and value.flags.aligned:
+        if (
+            plan is not None
+            and query.dtype is plan.dtype and key.dtype is plan.dtype and value.dtype is plan.dtype
+            and query.strides == plan.strides[0] and key.strides == plan.strides[1]
+            and value.strides == plan.strides[2]
+            and query.flags.aligned and key.flags.aligned and value.flags.aligned
+        ):
             return plan.call(query, key, value)
     call = _check_and_normalise(
         query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out
@@ -222,16 +227,19 @@ def prepare(
     # Remember the plan only when no operand had to be converted or copied.
     args, result, lse_result = call
     if memo is not None and all(
-        a.ctypes.data == b.ctypes.data and a.dtype == b.dtype
+        a.ctypes.data == b.ctypes.data and a.dtype is b.dtype
         for a, b in zip(args[:3], (query, key, value))
     ):
         if len(_plans) >= _PLANS_MAX:
             _plans.clear()
         lse = args[4]
+        reshaped = args[3].shape != result.shape or any(
+            a.shape != b.shape for a, b in zip(args[:3], (query, key, value))
+        )
         _plans[memo] = _Plan(
-            args[0].shape, args[1].shape, args[2].shape, result.shape, args[3].shape,
+            (query.strides, key.strides, value.strides), reshaped, args[0].shape, args[1].shape, args[2].shape, result.shape, args[3].shape,
             None if lse is None else lse.shape, None if lse_result is None else lse_result.shape,
-            result.dtype, np.dtype(np.float32) if lse is None else lse.dtype, args[7:],
+            result.dtype, np.dtype(np.float32) if lse is None else lse.dtype, args[5:],
         )
     return call
 
