@@ -197,7 +197,7 @@ struct SdpaPlan {
   int64_t q_blocks;
   int64_t cols_cap;       // columns (queries) per item, padded to whole register blocks
   // Scratch layout (elements of T): Q, S^T, O, m, l, alpha (also a tile's max on the lazy path),
-  // a tile's sum of weights (lazy path), a tile's output row (row-wise path),
+  // a tile's sum of weights (lazy path), a tile's output rows (row-wise path),
   // widened K and V tiles, a zero row,
   // then the key and value row pointers.
   int64_t off_st, off_o, off_m, off_l, off_alpha, off_tsum, off_acc, off_kw, off_vw, off_zero,
@@ -219,7 +219,7 @@ struct SdpaPlan {
     off_alpha = off_l + cols_cap;
     off_tsum = off_alpha + cols_cap;
     off_acc = off_tsum + cols_cap;
-    off_kw = off_acc + p.dv;
+    off_kw = off_acc + kRowwiseMaxCols * p.dv;
     off_vw = off_kw + (kWiden ? BN * p.d : 0);
     off_zero = off_vw + (kWiden ? BN * p.dv : 0);
     scratch_elems = round_up(off_zero + width + MRmax, 8);
@@ -500,52 +500,53 @@ static inline typename V::T dot_tail(const typename V::T* a, const typename V::T
 
 // Few queries (decode): vectorised along the head dim. Each score is a dot product of a query
 // row with a key row, four keys at a time (four independent FMA chains, one horizontal sum each);
-// each output row gains weight * value row, four keys at a time. K and V stream from memory once
-// per tile and are re-read from L1 for the other queries. Q and O are stored by rows.
+// each output row gains weight * value row, four keys at a time. Every block of four keys serves
+// all the item's queries while its rows are in L1, so K and V stream from memory exactly once.
+// Q and O are stored by rows.
 template <class E>
 void SdpaPlan<E>::run_item_rowwise(int64_t item, T* scratch) const {
   const Item it = locate(item, scratch, W);
-  const int64_t d = p.d, dv = p.dv, ld = it.cols_pad;
+  const int64_t d = p.d, dv = p.dv, ld = it.cols_pad, cols = it.cols;
   const int64_t d_vec = d / W * W, dv_vec = dv / W * W;
   const T scale = query_scale();
-  for (int64_t c = 0; c < it.cols; ++c) {
+  for (int64_t c = 0; c < cols; ++c) {
     const E* qrow = query_row(it, c);
     for (int64_t x = 0; x < d; ++x) it.q[c * d + x] = to_compute(qrow[x]) * scale;
   }
-  for (int64_t i = 0; i < it.cols * dv; ++i) it.o[i] = T(0);
-  // Columns past it.cols are never read back; keep their scores finite.
+  for (int64_t i = 0; i < cols * dv; ++i) it.o[i] = T(0);
+  // Columns past `cols` are never read back; keep their scores finite.
   for (int64_t j = 0; j < BN; ++j)
-    for (int64_t c = it.cols; c < ld; ++c) it.st[j * ld + c] = T(0);
+    for (int64_t c = cols; c < ld; ++c) it.st[j * ld + c] = T(0);
 
   for (int64_t j0 = it.key_begin; j0 < it.key_end; j0 += BN) {
     const int64_t n = min64(BN, it.key_end - j0), n_pad = round_up(n, 4);
     const bool v_finite = gather_tile(it, j0, n, n_pad);
-    const T* const* kr = it.krows;
-    for (int64_t c = 0; c < it.cols; ++c) {
-      const T* q = it.q + c * d;
-      for (int64_t j = 0; j < n_pad; j += 4) {
+    for (int64_t j = 0; j < n_pad; j += 4) {
+      const T* kr[4] = {it.krows[j], it.krows[j + 1], it.krows[j + 2], it.krows[j + 3]};
+      for (int64_t c = 0; c < cols; ++c) {
+        const T* q = it.q + c * d;
         V acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
         for (int64_t x = 0; x < d_vec; x += W) {
           const V qx = V::load(q + x);
-          for (int u = 0; u < 4; ++u) acc[u] = fma(qx, V::load(kr[j + u] + x), acc[u]);
+          for (int u = 0; u < 4; ++u) acc[u] = fma(qx, V::load(kr[u] + x), acc[u]);
         }
         for (int u = 0; u < 4 && j + u < n; ++u)
-          it.st[(j + u) * ld + c] = acc[u].reduce_add() + dot_tail<V>(q, kr[j + u], d_vec, d);
+          it.st[(j + u) * ld + c] = acc[u].reduce_add() + dot_tail<V>(q, kr[u], d_vec, d);
       }
     }
     apply_masks(it, j0, n);
     softmax_tile(it, n);
-    // Each output row gains sum_j weight_j * V row j, four keys at a time, summed from zero for
-    // the tile and then added to the rescaled row (two-level summation, as in the blocked path).
-    // Rows j0+n .. n_pad point at zeros and get weight 0.
-    for (int64_t c = 0; c < it.cols; ++c) {
-      T* acc = it.acc;
-      for (int64_t y = 0; y < dv; ++y) acc[y] = T(0);
-      for (int64_t j = 0; j < n; j += 4) {
-        const int64_t u_end = min64(4, n - j);
+    // Each output row gains sum_j weight_j * V row j, summed from zero for the tile and then added
+    // to the rescaled row (two-level summation, as in the blocked path). Rows j0+n .. n_pad point
+    // at zeros and get weight 0.
+    for (int64_t i = 0; i < cols * dv; ++i) it.acc[i] = T(0);
+    for (int64_t j = 0; j < n; j += 4) {
+      const int64_t u_end = min64(4, n - j);
+      const T* vr[4] = {it.vrows[j], it.vrows[j + 1], it.vrows[j + 2], it.vrows[j + 3]};
+      for (int64_t c = 0; c < cols; ++c) {
+        T* acc = it.acc + c * dv;
         T w[4] = {0, 0, 0, 0};
         for (int64_t u = 0; u < u_end; ++u) w[u] = it.st[(j + u) * ld + c];
-        const T* vr[4] = {it.vrows[j], it.vrows[j + 1], it.vrows[j + 2], it.vrows[j + 3]};
         if (!v_finite) {
           // Skip exactly-0 weights one key at a time: 0 * Inf or 0 * NaN must contribute 0.
           for (int64_t u = 0; u < u_end; ++u) {
@@ -564,7 +565,10 @@ void SdpaPlan<E>::run_item_rowwise(int64_t item, T* scratch) const {
         }
         for (; y < dv; ++y) acc[y] += w[0] * vr[0][y] + w[1] * vr[1][y] + w[2] * vr[2][y] + w[3] * vr[3][y];
       }
+    }
+    for (int64_t c = 0; c < cols; ++c) {
       T* o = it.o + c * dv;
+      const T* acc = it.acc + c * dv;
       const T alpha = it.alpha[c];
       for (int64_t y = 0; y < dv; ++y) o[y] = o[y] * alpha + acc[y];
     }
