@@ -722,3 +722,28 @@ def test_property_random_configs(seed, lq, lk, d, dv, heads, batch, causal, wind
     mask = make_mask(rng, mask_kind, (hq, lq, lk), mdt) if lk else None
     lens = rng.integers(0, lk + 1, size=batch) if use_lens else None
     check_sdpa(q, k, v, attn_mask=mask, causal=causal, window=window, kv_lengths=lens)
+
+
+# ----------------------------------------------------------------------------- lazy rescaling
+# Unmasked tiles are exponentiated against the running max of the tiles seen so far (visited last
+# to first); a tile whose scores exceed it by more than 2^8 in weight must be redone with a fresh
+# max. Scores that grow towards the first keys force that on nearly every tile.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("growth", [0.05, 1.0, 30.0, 120.0])
+def test_scores_growing_against_visit_order(rng, dtype, growth):
+    lq, lk, d = 70, 1000, 16
+    q = np.abs(rng.standard_normal((2, lq, d))).astype(dtype)
+    k = np.abs(rng.standard_normal((2, lk, d))).astype(dtype)
+    k *= (1.0 + growth * np.linspace(1.0, 0.0, lk))[:, None].astype(dtype)  # key 0 scores highest
+    v = rng.standard_normal((2, lk, 9)).astype(dtype)
+    check_sdpa(q, k, v)
+    check_sdpa(q, k, v, causal="bottom_right")
+
+
+def test_nan_in_a_lazily_rescaled_tile_reaches_only_its_readers(rng):
+    q, k, v = make_qkv(rng, hq=1, lq=64, lk=600, d=8)
+    k[..., 5, :] = np.nan  # a key in the last tile visited (the first keys)
+    out = sdpa(q, k, v, window=(None, None))
+    assert np.isnan(out).all()  # every query sees key 5
+    out = sdpa(q, k, v, kv_lengths=5)
+    assert np.isfinite(out).all()  # no query sees it
