@@ -56,46 +56,31 @@ int64_t elem_stride(const py::array& a, py::ssize_t dim, int64_t itemsize) {
   return a.strides(dim) / itemsize;
 }
 
-// Per-batch element offsets of one tensor. Small batches (the common case, and every tiny call)
-// live in the object itself: a heap allocation per tensor is measurable on a 5-microsecond call.
-class BatchOffsets {
- public:
-  // Element offset of each flattened batch index in `a`, whose first nb dims are batch dims of
-  // size 1 (broadcast) or batch_shape[i].
-  BatchOffsets(const py::array& a, const std::vector<int64_t>& batch_shape, int64_t itemsize) {
-    const size_t nb = batch_shape.size();
-    int64_t count = 1;
-    for (int64_t n : batch_shape) count *= n;
-    if (count > kInline) heap_.resize(size_t(count));
-    data_ = count > kInline ? heap_.data() : inline_;
-    int64_t strides[kMaxDims];
-    int64_t index[kMaxDims] = {};
-    if (nb > size_t(kMaxDims)) internal_error("too many batch dims");
-    for (size_t i = 0; i < nb; ++i) {
-      if (a.shape(py::ssize_t(i)) != 1 && a.shape(py::ssize_t(i)) != batch_shape[i])
-        internal_error("batch dims do not broadcast");
-      strides[i] = elem_stride(a, py::ssize_t(i), itemsize);
-    }
-    for (int64_t b = 0; b < count; ++b) {
-      int64_t off = 0;
-      for (size_t i = 0; i < nb; ++i) off += index[i] * strides[i];
-      data_[b] = off;
-      for (size_t i = nb; i-- > 0;) {  // odometer increment, last dim fastest (C order)
-        if (++index[i] < batch_shape[i]) break;
-        index[i] = 0;
-      }
+// Element offset of each flattened batch index in `a`, whose first nb dims are batch dims of
+// size 1 (broadcast) or batch_shape[i].
+std::vector<int64_t> batch_offsets(const py::array& a, const std::vector<int64_t>& batch_shape,
+                                   int64_t itemsize) {
+  const size_t nb = batch_shape.size();
+  int64_t count = 1;
+  for (int64_t n : batch_shape) count *= n;
+  std::vector<int64_t> strides(nb), index(nb, 0);
+  std::vector<int64_t> offsets(static_cast<size_t>(count));
+  for (size_t i = 0; i < nb; ++i) {
+    if (a.shape(py::ssize_t(i)) != 1 && a.shape(py::ssize_t(i)) != batch_shape[i])
+      internal_error("batch dims do not broadcast");
+    strides[i] = elem_stride(a, py::ssize_t(i), itemsize);
+  }
+  for (int64_t b = 0; b < count; ++b) {
+    int64_t off = 0;
+    for (size_t i = 0; i < nb; ++i) off += index[i] * strides[i];
+    offsets[size_t(b)] = off;
+    for (size_t i = nb; i-- > 0;) {  // odometer increment, last dim fastest (C order)
+      if (++index[i] < batch_shape[i]) break;
+      index[i] = 0;
     }
   }
-  BatchOffsets(const BatchOffsets&) = delete;
-  BatchOffsets& operator=(const BatchOffsets&) = delete;
-  const int64_t* data() const { return data_; }
-
- private:
-  static constexpr int64_t kInline = 16, kMaxDims = 32;  // NumPy allows at most 64 dims in all
-  int64_t inline_[kInline];
-  std::vector<int64_t> heap_;
-  int64_t* data_;
-};
+  return offsets;
+}
 
 void check_operand(const py::array& a, const char* name, py::ssize_t ndim, int64_t itemsize) {
   if (a.ndim() != ndim) internal_error(std::string(name) + " has the wrong ndim");
@@ -111,114 +96,206 @@ py::array as_array(py::handle h, const char* name) {
   return py::reinterpret_borrow<py::array>(h);
 }
 
-py::str sdpa(py::handle q_handle, py::handle k_handle, py::handle v_handle, py::handle out_handle,
-             py::handle lse, py::handle mask, py::handle kv_lengths, int dtype_code,
-             double scale, int64_t diag, int64_t left, int64_t right) {
-  py::array q = as_array(q_handle, "query"), k = as_array(k_handle, "key");
-  py::array v = as_array(v_handle, "value"), out = as_array(out_handle, "out");
-  const DType dtype = static_cast<DType>(dtype_code);
-  if (dtype_code < 0 || dtype_code > 3) internal_error("unknown dtype code");
-  const int64_t itemsize = dtype_size(dtype);
-  const py::ssize_t ndim = out.ndim();
-  if (ndim < 3) internal_error("operands need at least 3 dims");
-  for (auto [a, name] : {std::pair<py::array*, const char*>{&q, "query"}, {&k, "key"},
-                         {&v, "value"}, {&out, "out"}})
-    check_operand(*a, name, ndim, itemsize);
-  if (!(out.flags() & py::array::c_style)) internal_error("out is not C-contiguous");
-
+// One call's kernel parameters with the storage they point into (per-batch offsets, kv lengths)
+// and references that keep the mask and lengths alive. Built from operands in kernel form.
+struct BoundCall {
   SdpaParams p;
-  p.dtype = dtype;
-  const size_t nb = size_t(ndim - 3);
-  std::vector<int64_t> batch_shape(out.shape(), out.shape() + nb);
-  p.batch = 1;
-  for (int64_t n : batch_shape) p.batch *= n;
-  p.hq = out.shape(ndim - 3);
-  p.lq = out.shape(ndim - 2);
-  p.dv = out.shape(ndim - 1);
-  p.hkv = k.shape(ndim - 3);
-  p.lk = k.shape(ndim - 2);
-  p.d = q.shape(ndim - 1);
-  if (q.shape(ndim - 3) != p.hq || q.shape(ndim - 2) != p.lq || k.shape(ndim - 1) != p.d ||
-      v.shape(ndim - 3) != p.hkv || v.shape(ndim - 2) != p.lk || v.shape(ndim - 1) != p.dv ||
-      (p.hkv == 0 ? p.hq != 0 : p.hq % p.hkv != 0))
-    internal_error("inconsistent shapes");
+  std::vector<int64_t> q_off, k_off, v_off, mask_off, lengths;
+  py::object mask_ref, lengths_ref;
+  fastattn::cpu::Isa isa = fastattn::cpu::Isa::scalar;
 
-  const BatchOffsets q_off(q, batch_shape, itemsize), k_off(k, batch_shape, itemsize);
-  const BatchOffsets v_off(v, batch_shape, itemsize);
-  p.q = q.data();
-  p.k = k.data();
-  p.v = v.data();
-  p.out = out.mutable_data();
-  p.q_batch_offset = q_off.data();
-  p.k_batch_offset = k_off.data();
-  p.v_batch_offset = v_off.data();
-  p.q_head_stride = elem_stride(q, ndim - 3, itemsize);
-  p.q_row_stride = elem_stride(q, ndim - 2, itemsize);
-  p.k_head_stride = elem_stride(k, ndim - 3, itemsize);
-  p.k_row_stride = elem_stride(k, ndim - 2, itemsize);
-  p.v_head_stride = elem_stride(v, ndim - 3, itemsize);
-  p.v_row_stride = elem_stride(v, ndim - 2, itemsize);
+  BoundCall(const BoundCall&) = delete;
+  BoundCall& operator=(const BoundCall&) = delete;
 
-  const int64_t compute_size = dtype == DType::f64 ? 8 : 4;
-  py::array lse_array;
-  if (!lse.is_none()) {
-    lse_array = as_array(lse, "lse");
-    if (lse_array.size() != p.batch * p.hq * p.lq || lse_array.itemsize() != compute_size ||
-        !(lse_array.flags() & py::array::c_style))
-      internal_error("lse has the wrong size, dtype or layout");
-    p.lse = lse_array.mutable_data();
-  }
+  BoundCall(py::handle q_handle, py::handle k_handle, py::handle v_handle, py::handle out_handle,
+            py::handle lse, py::handle mask, py::handle kv_lengths, int dtype_code, double scale,
+            int64_t diag, int64_t left, int64_t right) {
+    py::array q = as_array(q_handle, "query"), k = as_array(k_handle, "key");
+    py::array v = as_array(v_handle, "value"), out = as_array(out_handle, "out");
+    if (dtype_code < 0 || dtype_code > 3) internal_error("unknown dtype code");
+    const DType dtype = static_cast<DType>(dtype_code);
+    const int64_t itemsize = dtype_size(dtype);
+    const py::ssize_t ndim = out.ndim();
+    if (ndim < 3) internal_error("operands need at least 3 dims");
+    for (auto [a, name] : {std::pair<py::array*, const char*>{&q, "query"}, {&k, "key"},
+                           {&v, "value"}, {&out, "out"}})
+      check_operand(*a, name, ndim, itemsize);
+    if (!(out.flags() & py::array::c_style)) internal_error("out is not C-contiguous");
 
-  py::array mask_array;
-  std::unique_ptr<BatchOffsets> mask_off;
-  if (!mask.is_none()) {
-    mask_array = as_array(mask, "mask");
-    const bool boolean = mask_array.dtype().kind() == 'b';
-    const int64_t mask_itemsize = boolean ? 1 : compute_size;
-    if (mask_array.ndim() != ndim || mask_array.itemsize() != mask_itemsize)
-      internal_error("mask has the wrong ndim or dtype");
-    if ((mask_array.shape(ndim - 3) != 1 && mask_array.shape(ndim - 3) != p.hq) ||
-        (mask_array.shape(ndim - 2) != 1 && mask_array.shape(ndim - 2) != p.lq) ||
-        (mask_array.shape(ndim - 1) != 1 && mask_array.shape(ndim - 1) != p.lk))
-      internal_error("mask does not broadcast to (Hq, Lq, Lk)");
-    mask_off = std::make_unique<BatchOffsets>(mask_array, batch_shape, mask_itemsize);
-    p.mask_kind = boolean ? MaskKind::boolean : MaskKind::additive;
-    p.mask = mask_array.data();
-    p.mask_batch_offset = mask_off->data();
-    p.mask_head_stride = elem_stride(mask_array, ndim - 3, mask_itemsize);
-    p.mask_row_stride = elem_stride(mask_array, ndim - 2, mask_itemsize);
-    p.mask_col_stride = elem_stride(mask_array, ndim - 1, mask_itemsize);
-  }
+    p.dtype = dtype;
+    const size_t nb = size_t(ndim - 3);
+    const std::vector<int64_t> batch_shape(out.shape(), out.shape() + nb);
+    p.batch = 1;
+    for (int64_t n : batch_shape) p.batch *= n;
+    p.hq = out.shape(ndim - 3);
+    p.lq = out.shape(ndim - 2);
+    p.dv = out.shape(ndim - 1);
+    p.hkv = k.shape(ndim - 3);
+    p.lk = k.shape(ndim - 2);
+    p.d = q.shape(ndim - 1);
+    if (q.shape(ndim - 3) != p.hq || q.shape(ndim - 2) != p.lq || k.shape(ndim - 1) != p.d ||
+        v.shape(ndim - 3) != p.hkv || v.shape(ndim - 2) != p.lk || v.shape(ndim - 1) != p.dv ||
+        (p.hkv == 0 ? p.hq != 0 : p.hq % p.hkv != 0))
+      internal_error("inconsistent shapes");
 
-  py::array_t<int64_t> lengths_array;
-  std::vector<int64_t> lengths;
-  if (!kv_lengths.is_none()) {
-    lengths_array = py::array_t<int64_t>::ensure(kv_lengths);
-    if (!lengths_array) internal_error("kv_lengths is not an int64 array");
-    if (size_t(lengths_array.ndim()) != nb) internal_error("kv_lengths has the wrong ndim");
-    const BatchOffsets off(lengths_array, batch_shape, 8);
-    lengths.resize(size_t(p.batch));
-    for (size_t b = 0; b < lengths.size(); ++b) {
-      lengths[b] = lengths_array.data()[off.data()[b]];
-      if (lengths[b] < 0 || lengths[b] > p.lk) internal_error("kv_lengths out of range");
+    q_off = batch_offsets(q, batch_shape, itemsize);
+    k_off = batch_offsets(k, batch_shape, itemsize);
+    v_off = batch_offsets(v, batch_shape, itemsize);
+    p.q = q.data();
+    p.k = k.data();
+    p.v = v.data();
+    p.out = out.mutable_data();
+    p.q_batch_offset = q_off.data();
+    p.k_batch_offset = k_off.data();
+    p.v_batch_offset = v_off.data();
+    p.q_head_stride = elem_stride(q, ndim - 3, itemsize);
+    p.q_row_stride = elem_stride(q, ndim - 2, itemsize);
+    p.k_head_stride = elem_stride(k, ndim - 3, itemsize);
+    p.k_row_stride = elem_stride(k, ndim - 2, itemsize);
+    p.v_head_stride = elem_stride(v, ndim - 3, itemsize);
+    p.v_row_stride = elem_stride(v, ndim - 2, itemsize);
+
+    const int64_t compute_size = dtype == DType::f64 ? 8 : 4;
+    if (!lse.is_none()) {
+      py::array lse_array = as_array(lse, "lse");
+      if (lse_array.size() != p.batch * p.hq * p.lq || lse_array.itemsize() != compute_size ||
+          !(lse_array.flags() & py::array::c_style))
+        internal_error("lse has the wrong size, dtype or layout");
+      p.lse = lse_array.mutable_data();
     }
-    p.kv_lengths = lengths.data();
+
+    if (!mask.is_none()) {
+      py::array mask_array = as_array(mask, "mask");
+      const bool boolean = mask_array.dtype().kind() == 'b';
+      const int64_t mask_itemsize = boolean ? 1 : compute_size;
+      if (mask_array.ndim() != ndim || mask_array.itemsize() != mask_itemsize)
+        internal_error("mask has the wrong ndim or dtype");
+      if ((mask_array.shape(ndim - 3) != 1 && mask_array.shape(ndim - 3) != p.hq) ||
+          (mask_array.shape(ndim - 2) != 1 && mask_array.shape(ndim - 2) != p.lq) ||
+          (mask_array.shape(ndim - 1) != 1 && mask_array.shape(ndim - 1) != p.lk))
+        internal_error("mask does not broadcast to (Hq, Lq, Lk)");
+      mask_off = batch_offsets(mask_array, batch_shape, mask_itemsize);
+      p.mask_kind = boolean ? MaskKind::boolean : MaskKind::additive;
+      p.mask = mask_array.data();
+      p.mask_batch_offset = mask_off.data();
+      p.mask_head_stride = elem_stride(mask_array, ndim - 3, mask_itemsize);
+      p.mask_row_stride = elem_stride(mask_array, ndim - 2, mask_itemsize);
+      p.mask_col_stride = elem_stride(mask_array, ndim - 1, mask_itemsize);
+      mask_ref = mask_array;
+    }
+
+    if (!kv_lengths.is_none()) {
+      py::array_t<int64_t> lengths_array = py::array_t<int64_t>::ensure(kv_lengths);
+      if (!lengths_array) internal_error("kv_lengths is not an int64 array");
+      if (size_t(lengths_array.ndim()) != nb) internal_error("kv_lengths has the wrong ndim");
+      const std::vector<int64_t> off = batch_offsets(lengths_array, batch_shape, 8);
+      lengths.resize(size_t(p.batch));
+      for (size_t b = 0; b < lengths.size(); ++b) {
+        lengths[b] = lengths_array.data()[off[b]];
+        if (lengths[b] < 0 || lengths[b] > p.lk) internal_error("kv_lengths out of range");
+      }
+      p.kv_lengths = lengths.data();
+      lengths_ref = lengths_array;
+    }
+
+    p.scale = scale;
+    p.diag = diag;
+    p.left = left < 0 ? fastattn::kUnbounded : left;
+    p.right = right < 0 ? fastattn::kUnbounded : right;
+    isa = fastattn::cpu::chosen_isa();
   }
 
-  p.scale = scale;
-  p.diag = diag;
-  p.left = left < 0 ? fastattn::kUnbounded : left;
-  p.right = right < 0 ? fastattn::kUnbounded : right;
-  p.num_threads = fastattn::cpu::get_num_threads();
-
-  const fastattn::cpu::Isa isa = fastattn::cpu::chosen_isa();
-  const fastattn::cpu::SdpaKernel kernel = fastattn::cpu::sdpa_kernel(isa);
-  {
+  // Runs the chosen ISA's kernel on `params` (this call's, or a copy with other data pointers)
+  // with the GIL released, on the current thread count.
+  void run(SdpaParams params) const {
+    params.num_threads = fastattn::cpu::get_num_threads();
+    const fastattn::cpu::SdpaKernel kernel = fastattn::cpu::sdpa_kernel(isa);
     py::gil_scoped_release release;
-    kernel(p);
+    kernel(params);
   }
-  return kernel_name(isa, dtype);
+};
+
+py::str sdpa(py::handle q, py::handle k, py::handle v, py::handle out, py::handle lse,
+             py::handle mask, py::handle kv_lengths, int dtype_code, double scale, int64_t diag,
+             int64_t left, int64_t right) {
+  const BoundCall call(q, k, v, out, lse, mask, kv_lengths, dtype_code, scale, diag, left, right);
+  call.run(call.p);
+  return kernel_name(call.isa, call.p.dtype);
 }
+
+// A memoised call: the kernel parameters of a checked call whose operands needed no copy, with
+// the data pointers left to fill in. run() takes the caller's arrays as they are; it returns None
+// (and the caller runs the checks) unless each has the remembered shape, strides and dtype (the
+// same dtype object: a byte-swapped float32 is another) and is aligned. The output is allocated
+// here, in the caller's layout; the kernel-form views share their arrays' data pointers.
+class SdpaPlan {
+ public:
+  SdpaPlan(py::handle q, py::handle k, py::handle v, py::handle out, py::handle lse,
+           int dtype_code, double scale, int64_t diag, int64_t left, int64_t right,
+           py::tuple callers, py::handle result, py::handle lse_result)
+      : call_(q, k, v, out, lse, py::none(), py::none(), dtype_code, scale, diag, left, right),
+        kernel_(kernel_name(call_.isa, call_.p.dtype)) {
+    if (callers.size() != 3) internal_error("a plan needs the caller's query, key and value");
+    for (size_t i = 0; i < 3; ++i) layouts_[i] = Layout(as_array(callers[i], "operand"));
+    const py::array result_array = as_array(result, "result");
+    dtype_ = result_array.dtype();
+    result_shape_.assign(result_array.shape(), result_array.shape() + result_array.ndim());
+    if (!lse_result.is_none()) {
+      const py::array lse_array = as_array(lse_result, "lse");
+      lse_dtype_ = lse_array.dtype();
+      lse_shape_.assign(lse_array.shape(), lse_array.shape() + lse_array.ndim());
+      return_lse_ = true;
+    }
+  }
+
+  py::object run(py::handle q, py::handle k, py::handle v) const {
+    const py::handle operands[3] = {q, k, v};
+    for (int i = 0; i < 3; ++i)
+      if (!layouts_[i].matches(operands[i], dtype_)) return py::none();
+    SdpaParams p = call_.p;
+    p.q = py::reinterpret_borrow<py::array>(q).data();
+    p.k = py::reinterpret_borrow<py::array>(k).data();
+    p.v = py::reinterpret_borrow<py::array>(v).data();
+    py::array result(dtype_, result_shape_);
+    p.out = result.mutable_data();
+    if (!return_lse_) {
+      call_.run(p);
+      return std::move(result);
+    }
+    py::array lse(lse_dtype_, lse_shape_);
+    p.lse = lse.mutable_data();
+    call_.run(p);
+    return py::make_tuple(result, lse);
+  }
+
+  const py::str& kernel() const { return kernel_; }
+
+ private:
+  struct Layout {
+    std::vector<py::ssize_t> shape, strides;
+    Layout() = default;
+    explicit Layout(const py::array& a)
+        : shape(a.shape(), a.shape() + a.ndim()), strides(a.strides(), a.strides() + a.ndim()) {}
+    bool matches(py::handle h, const py::dtype& dtype) const {
+      if (!py::isinstance<py::array>(h)) return false;
+      const auto a = py::reinterpret_borrow<py::array>(h);
+      constexpr int kAligned = 0x0100;  // NPY_ARRAY_ALIGNED
+      if (size_t(a.ndim()) != shape.size() || a.dtype().ptr() != dtype.ptr() ||
+          !(a.flags() & kAligned))
+        return false;
+      for (size_t i = 0; i < shape.size(); ++i)
+        if (a.shape()[i] != shape[i] || a.strides()[i] != strides[i]) return false;
+      return true;
+    }
+  };
+
+  BoundCall call_;
+  py::str kernel_;
+  Layout layouts_[3];
+  py::dtype dtype_, lse_dtype_;
+  std::vector<py::ssize_t> result_shape_, lse_shape_;
+  bool return_lse_ = false;
+};
 
 std::vector<std::string> names(const std::vector<fastattn::cpu::Isa>& isas) {
   std::vector<std::string> out;
@@ -235,6 +312,12 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("diag"), py::arg("left"), py::arg("right"),
         "Fused scaled-dot-product attention on normalised operands; returns the kernel's name. "
         "Private: call fastattn.scaled_dot_product_attention.");
+  py::class_<SdpaPlan>(m, "SdpaPlan",
+                       "A memoised scaled_dot_product_attention call (private: see _sdpa_args).")
+      .def(py::init<py::handle, py::handle, py::handle, py::handle, py::handle, int, double,
+                    int64_t, int64_t, int64_t, py::tuple, py::handle, py::handle>())
+      .def("run", &SdpaPlan::run, py::arg("query"), py::arg("key"), py::arg("value"))
+      .def_property_readonly("kernel", &SdpaPlan::kernel);
   m.def("isa", [] { return std::string(fastattn::cpu::isa_name(fastattn::cpu::chosen_isa())); },
         "The ISA the kernels run on; RuntimeError if FASTATTN_CPU_ISA forces one this CPU lacks.");
   m.def("compiled_isas", [] { return names(fastattn::cpu::compiled_isas()); });

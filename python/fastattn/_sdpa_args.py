@@ -6,19 +6,19 @@ first, size 1 where broadcast), the same storage dtype, the last dim contiguous.
 
 The checks of a call without mask, kv_lengths and out= depend only on the operands' shapes,
 strides and dtypes and on the options; their outcome is memoised under exactly those (shapes and
-options in the key, strides and dtypes checked by the plan), so a repeated small call (decoding,
-tiny shapes) costs a dictionary lookup instead of the checks.
+options in the key, strides and dtypes checked by the plan) as a `_cpu.SdpaPlan`, which runs a
+repeated small call (decoding, tiny shapes) without the checks.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from . import _dtypes
+from . import _cpu, _dtypes
 
 # Window extents at or beyond this are "unbounded" (the kernels take -1 for that).
 _UNBOUNDED = 1 << 59
@@ -26,41 +26,8 @@ _UNBOUNDED = 1 << 59
 
 # What prepare() returns: (args, result, lse_result) with args the arguments of the kernel entry
 # point _cpu.sdpa, result what the caller gets (out= itself or a new array, in the caller's
-# layout) and lse_result the lse in the caller's layout or None. A plain tuple: on the memoised
-# path a NamedTuple's construction alone would cost a noticeable part of a tiny call.
+# layout) and lse_result the lse in the caller's layout or None.
 SdpaCall = Tuple[tuple, np.ndarray, Optional[np.ndarray]]
-
-
-class _Plan(NamedTuple):
-    """What checking a call decided, for calls whose checks depend only on shapes, strides, dtypes
-    and options (no mask, no kv_lengths, no out=) and needed no copy: replayed on a memo hit."""
-
-    strides: Tuple[Tuple[int, ...], ...]  # of the caller's query, key, value
-    reshaped: bool  # whether the kernel-shaped views differ from the caller's arrays
-    q_shape: Tuple[int, ...]  # kernel-shaped views of the operands
-    k_shape: Tuple[int, ...]
-    v_shape: Tuple[int, ...]
-    result_shape: Tuple[int, ...]
-    kernel_shape: Tuple[int, ...]
-    lse_shape: Optional[Tuple[int, ...]]
-    lse_result_shape: Optional[Tuple[int, ...]]
-    dtype: np.dtype
-    lse_dtype: np.dtype
-    tail: tuple  # mask, kv_lengths, dtype code, scale, diag, left, right
-
-    def call(self, q, k, v) -> "SdpaCall":
-        result = out = np.empty(self.result_shape, self.dtype)
-        if self.reshaped:
-            q, k, v = q.reshape(self.q_shape), k.reshape(self.k_shape), v.reshape(self.v_shape)
-            out = result.reshape(self.kernel_shape)
-        if self.lse_shape is None:
-            return (q, k, v, out, None) + self.tail, result, None
-        lse = np.empty(self.lse_shape, self.lse_dtype)
-        return (q, k, v, out, lse) + self.tail, result, lse.reshape(self.lse_result_shape)
-
-
-_plans: dict = {}
-_PLANS_MAX = 256
 
 
 def _as_operand(x: Any, dtype: np.dtype) -> np.ndarray:
@@ -196,57 +163,6 @@ def prepare(
     query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out
 ) -> SdpaCall:
     """Check every argument and bring the operands to kernel form (see the module docstring)."""
-    memo = None
-    if (
-        attn_mask is None and kv_lengths is None and out is None
-        and type(query) is np.ndarray and type(key) is np.ndarray and type(value) is np.ndarray
-    ):
-        # The key holds shapes and options (with their types: causal=1 must not hit causal=True's
-        # plan, as 1 == True); the plan itself checks strides and dtypes, by identity for dtypes,
-        # so a byte-swapped float32 (equal in hash, not identical) misses.
-        try:
-            memo = (
-                query.shape, key.shape, value.shape, type(causal), causal, type(scale), scale,
-                None if window is None else (tuple(window), tuple(map(type, window))),
-                bool(return_lse),
-            )
-            plan = _plans.get(memo)
-        except TypeError:  # an unhashable option: the checks below will say what is wrong
-            plan = memo = None
-        if (
-            plan is not None
-            and query.dtype is plan.dtype and key.dtype is plan.dtype and value.dtype is plan.dtype
-            and query.strides == plan.strides[0] and key.strides == plan.strides[1]
-            and value.strides == plan.strides[2]
-            and query.flags.aligned and key.flags.aligned and value.flags.aligned
-        ):
-            return plan.call(query, key, value)
-    call = _check_and_normalise(
-        query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out
-    )
-    # Remember the plan only when no operand had to be converted or copied.
-    args, result, lse_result = call
-    if memo is not None and all(
-        a.ctypes.data == b.ctypes.data and a.dtype is b.dtype
-        for a, b in zip(args[:3], (query, key, value))
-    ):
-        if len(_plans) >= _PLANS_MAX:
-            _plans.clear()
-        lse = args[4]
-        reshaped = args[3].shape != result.shape or any(
-            a.shape != b.shape for a, b in zip(args[:3], (query, key, value))
-        )
-        _plans[memo] = _Plan(
-            (query.strides, key.strides, value.strides), reshaped, args[0].shape, args[1].shape, args[2].shape, result.shape, args[3].shape,
-            None if lse is None else lse.shape, None if lse_result is None else lse_result.shape,
-            result.dtype, np.dtype(np.float32) if lse is None else lse.dtype, args[5:],
-        )
-    return call
-
-
-def _check_and_normalise(
-    query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out
-) -> SdpaCall:
     q, k, v = np.asarray(query), np.asarray(key), np.asarray(value)
     dtype = _dtypes.common_float_dtype((q, k, v), ("query", "key", "value"))
     for a, name in ((q, "query"), (k, "key"), (v, "value")):
@@ -303,3 +219,43 @@ def _check_and_normalise(
         _dtypes.code_of(dtype), _scale(scale, d), diag, left, right,
     )
     return args, result, lse_result
+
+
+# ----------------------------------------------------------------------------- memoised checks
+plans: dict = {}  # memo key -> _cpu.SdpaPlan
+_PLANS_MAX = 256
+
+
+def memo_key(query, key, value, causal, scale, window, return_lse) -> Optional[tuple]:
+    """The memo key of a call without mask, kv_lengths and out=, or None when it cannot have one.
+
+    The key holds shapes and options, with the options' types (causal=1 must not find causal=True's
+    plan, as 1 == True); the plan itself checks strides, dtypes (by identity, so a byte-swapped
+    float32, equal in hash but not identical, misses) and alignment.
+    """
+    if type(query) is not np.ndarray or type(key) is not np.ndarray or type(value) is not np.ndarray:
+        return None
+    try:
+        memo = (
+            query.shape, key.shape, value.shape, type(causal), causal, type(scale), scale,
+            None if window is None else (tuple(window), tuple(map(type, window))),
+            bool(return_lse),
+        )
+        hash(memo)
+    except TypeError:  # an unhashable option: the checks will say what is wrong
+        return None
+    return memo
+
+
+def remember(memo: tuple, operands, call: SdpaCall) -> None:
+    """Keep the checked call `call` as the plan for `memo`, if no operand was converted or copied
+    (its kernel-form views then share the caller's data pointers)."""
+    args, result, lse_result = call
+    if all(
+        a.ctypes.data == b.ctypes.data and a.dtype is b.dtype for a, b in zip(args[:3], operands)
+    ):
+        if len(plans) >= _PLANS_MAX:
+            plans.clear()
+        plans[memo] = _cpu.SdpaPlan(
+            *args[:5], *args[7:], tuple(operands), result, lse_result
+        )
