@@ -32,6 +32,10 @@ struct VF32 {
   friend VF32 select_lt(VF32 a, VF32 b, VF32 then, VF32 otherwise) {
     return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), otherwise.v, then.v)};
   }
+  // 0 where a < b, else x (NaN a keeps x).
+  friend VF32 zero_where_lt(VF32 a, VF32 b, VF32 x) {
+    return {_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_NLT_UQ), x.v)};
+  }
   // a == b ? then : otherwise, per lane (false for NaN).
   friend VF32 select_eq(VF32 a, VF32 b, VF32 then, VF32 otherwise) {
     return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ), otherwise.v, then.v)};
@@ -70,6 +74,9 @@ struct VF64 {
   friend VF64 min(VF64 a, VF64 b) { return {_mm512_min_pd(a.v, b.v)}; }
   friend VF64 select_lt(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
     return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ), otherwise.v, then.v)};
+  }
+  friend VF64 zero_where_lt(VF64 a, VF64 b, VF64 x) {
+    return {_mm512_maskz_mov_pd(_mm512_cmp_pd_mask(a.v, b.v, _CMP_NLT_UQ), x.v)};
   }
   friend VF64 select_eq(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
     return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.v, b.v, _CMP_EQ_OQ), otherwise.v, then.v)};

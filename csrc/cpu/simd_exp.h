@@ -54,7 +54,7 @@ static inline V exp2_poly(V x) {
   V p = V::set1(C::coef[0]);
   for (int k = 1; k < C::degree; ++k) p = fma(p, r, V::set1(C::coef[k]));
   p = fma(p, r, V::set1(T(1)));
-  return select_lt(x, V::set1(C::lo), V::zero(), add_to_exponent(p, t));
+  return zero_where_lt(x, V::set1(C::lo), add_to_exponent(p, t));
 }
 
 }  // namespace FASTATTN_ISA
