@@ -228,6 +228,14 @@ struct SdpaPlan {
 
   int64_t items() const { return p.batch * p.hkv * q_blocks; }
 
+  // Split-KV: with fewer items than threads (decoding with few kv heads), each item's keys are
+  // split into `splits` chunks of whole tiles, computed as separate work units, and the units'
+  // partial results (unnormalised O, m, l per query) merged with the log-sum-exp rule.
+  int64_t splits = 1;
+  T* partials = nullptr;  // splits > 1: per (item, split), O (cols x dv, by rows), then m, then l
+  int64_t partial_elems() const { return cols_cap * (p.dv + 2); }
+  int64_t units() const { return items() * splits; }
+
   // One work item: its queries (columns: query row i0 + c % rows of head hk * group + c / rows),
   // the keys it can see at all, and its slices of scratch.
   struct Item {
@@ -401,29 +409,85 @@ struct SdpaPlan {
     }
   }
 
-  void run_item(int64_t item, T* scratch) const {
+  // The key range of split s of an item: whole tiles, in order (empty for splits past the end).
+  void narrow_to_split(Item& it, int64_t s) const {
+    if (splits == 1) return;
+    const int64_t range = max64(0, it.key_end - it.key_begin);
+    const int64_t chunk = round_up((range + splits - 1) / splits, BN);
+    it.key_begin = min64(it.key_end, it.key_begin + s * chunk);
+    it.key_end = min64(it.key_end, it.key_begin + chunk);
+  }
+
+  // The end of a work unit: the item's output, or (split-KV) its partial result. O element (c, y)
+  // is at o[c * o_col + y * o_dim].
+  void complete(const Item& it, int64_t item, int64_t s, int64_t o_col, int64_t o_dim) const {
+    if (splits == 1) return finish(it, o_col, o_dim);
+    T* o = partials + (item * splits + s) * partial_elems();
+    T* m = o + cols_cap * p.dv;
+    T* l = m + cols_cap;
+    for (int64_t c = 0; c < it.cols; ++c) {
+      for (int64_t y = 0; y < p.dv; ++y) o[c * p.dv + y] = it.o[c * o_col + y * o_dim];
+      m[c] = it.m[c];
+      l[c] = it.l[c];
+    }
+  }
+
+  // Split-KV: the item's output from its splits' partials. Each split's sums are rescaled from its
+  // own max to the largest; a split that saw no key (m = -inf) adds nothing, a NaN max keeps NaN.
+  void merge(int64_t item, T* scratch) const {
+    constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+    Item it = locate(item, scratch, W);
+    const int64_t dv = p.dv;
+    for (int64_t c = 0; c < it.cols; ++c) {
+      T m_max = neg_inf;
+      bool nan = false;
+      for (int64_t s = 0; s < splits; ++s) {
+        const T m = partials[(item * splits + s) * partial_elems() + cols_cap * dv + c];
+        nan = nan || m != m;
+        if (m > m_max) m_max = m;
+      }
+      T* o = it.o + c * dv;
+      for (int64_t y = 0; y < dv; ++y) o[y] = T(0);
+      T l = T(0);
+      if (m_max != neg_inf) {
+        for (int64_t s = 0; s < splits; ++s) {
+          const T* slot = partials + (item * splits + s) * partial_elems();
+          const T w = std::exp2(slot[cols_cap * dv + c] - m_max);
+          l += w * slot[cols_cap * (dv + 1) + c];
+          for (int64_t y = 0; y < dv; ++y) o[y] += w * slot[c * dv + y];
+        }
+      }
+      it.m[c] = m_max;
+      it.l[c] = nan ? std::numeric_limits<T>::quiet_NaN() : l;
+    }
+    finish(it, dv, 1);
+  }
+
+  void run_unit(int64_t unit, T* scratch) const {
+    const int64_t item = unit / splits, s = unit % splits;
     const int64_t qb = q_blocks - 1 - item % q_blocks;
     const int64_t cols = min64(rows_per_head, p.lq - qb * rows_per_head) * group;
     if (cols <= kRowwiseMaxCols)
-      run_item_rowwise(item, scratch);
+      run_item_rowwise(item, s, scratch);
     else if (cols <= W)
-      run_item_blocked<MRn, 1>(item, scratch);
+      run_item_blocked<MRn, 1>(item, s, scratch);
     else
-      run_item_blocked<MR, NV>(item, scratch);
+      run_item_blocked<MR, NV>(item, s, scratch);
   }
 
   template <int R, int NVb>
-  void run_item_blocked(int64_t item, T* scratch) const;
-  void run_item_rowwise(int64_t item, T* scratch) const;
+  void run_item_blocked(int64_t item, int64_t s, T* scratch) const;
+  void run_item_rowwise(int64_t item, int64_t s, T* scratch) const;
 };
 
 // Many queries: S^T = K Q^T and O^T += V^T P^T with register blocks of R keys (or value dims) by
 // NVb vectors of queries. Q is stored transposed (Q^T[x][c]) and O as O^T[y][c].
 template <class E>
 template <int R, int NVb>
-void SdpaPlan<E>::run_item_blocked(int64_t item, T* scratch) const {
+void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
   constexpr int64_t NRb = int64_t(NVb) * W;
-  const Item it = locate(item, scratch, NRb);
+  Item it = locate(item, scratch, NRb);
+  narrow_to_split(it, s);
   const int64_t d = p.d, dv = p.dv, ld = it.cols_pad;
   const T scale = query_scale();
   for (int64_t c = 0; c < it.cols; ++c) {
@@ -486,7 +550,7 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, T* scratch) const {
       }
     }
   }
-  finish(it, 1, ld);
+  complete(it, item, s, 1, ld);
 }
 
 // dot(a, b) over n elements: W lanes at a time, the tail one by one.
@@ -504,8 +568,9 @@ static inline typename V::T dot_tail(const typename V::T* a, const typename V::T
 // all the item's queries while its rows are in L1, so K and V stream from memory exactly once.
 // Q and O are stored by rows.
 template <class E>
-void SdpaPlan<E>::run_item_rowwise(int64_t item, T* scratch) const {
-  const Item it = locate(item, scratch, W);
+void SdpaPlan<E>::run_item_rowwise(int64_t item, int64_t s, T* scratch) const {
+  Item it = locate(item, scratch, W);
+  narrow_to_split(it, s);
   const int64_t d = p.d, dv = p.dv, ld = it.cols_pad, cols = it.cols;
   const int64_t d_vec = d / W * W, dv_vec = dv / W * W;
   const T scale = query_scale();
@@ -573,24 +638,43 @@ void SdpaPlan<E>::run_item_rowwise(int64_t item, T* scratch) const {
       for (int64_t y = 0; y < dv; ++y) o[y] = o[y] * alpha + acc[y];
     }
   }
-  finish(it, dv, 1);
+  complete(it, item, s, dv, 1);
 }
+
+// A heap block freed on scope exit (no std containers in this file: see the top).
+struct HeapBlock {
+  void* ptr = nullptr;
+  ~HeapBlock() { std::free(ptr); }
+};
 
 template <class E>
 static void sdpa_typed(const SdpaParams& p) {
   using Plan = SdpaPlan<E>;
   using T = typename Plan::T;
-  const Plan plan(p);
+  Plan plan(p);
   const int64_t items = plan.items();
   if (items == 0) return;
   // Threads only pay off past a few microseconds of work; below that the fork/join costs more.
   const double macs = double(p.batch) * double(p.hq) * double(p.lq) * double(p.lk) *
                       double(p.d + p.dv + 8);
-  const bool parallel = p.num_threads > 1 && items > 1 && macs > 1.5e5;
-  if (!parallel) {  // not even an inactive OpenMP region: entering one costs about a microsecond
-    T* scratch = static_cast<T*>(scratch_arena.get(plan.scratch_bytes));
-    if (!scratch) throw std::bad_alloc();
-    for (int64_t item = 0; item < items; ++item) plan.run_item(item, scratch);
+  const bool parallel = p.num_threads > 1 && macs > 1.5e5;
+  // Split-KV when the items alone cannot keep the threads busy: enough splits for two units per
+  // thread, each at least four tiles long.
+  HeapBlock partials;
+  if (parallel && items < 2 * p.num_threads) {
+    plan.splits = max64(1, min64((2 * p.num_threads + items - 1) / items, p.lk / (4 * Plan::BN)));
+    if (plan.splits > 1) {
+      partials.ptr = std::malloc(size_t(items * plan.splits * plan.partial_elems()) * sizeof(T));
+      if (!partials.ptr) throw std::bad_alloc();
+      plan.partials = static_cast<T*>(partials.ptr);
+    }
+  }
+  const int64_t units = plan.units();
+  T* own_scratch = static_cast<T*>(scratch_arena.get(plan.scratch_bytes));
+  if (!own_scratch) throw std::bad_alloc();
+  if (!parallel || units == 1) {  // not even an inactive OpenMP region: entering one costs ~1 us
+    for (int64_t unit = 0; unit < units; ++unit) plan.run_unit(unit, own_scratch);
+    for (int64_t item = 0; plan.splits > 1 && item < items; ++item) plan.merge(item, own_scratch);
     return;
   }
   int failed = 0;
@@ -602,9 +686,9 @@ static void sdpa_typed(const SdpaParams& p) {
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-    for (int64_t item = 0; item < items; ++item) {
+    for (int64_t unit = 0; unit < units; ++unit) {
       if (scratch) {
-        plan.run_item(item, scratch);
+        plan.run_unit(unit, scratch);
       } else {
 #ifdef _OPENMP
 #pragma omp atomic write
@@ -614,6 +698,7 @@ static void sdpa_typed(const SdpaParams& p) {
     }
   }
   if (failed) throw std::bad_alloc();
+  for (int64_t item = 0; plan.splits > 1 && item < items; ++item) plan.merge(item, own_scratch);
 }
 
 static void sdpa(const SdpaParams& p) {
