@@ -6,15 +6,21 @@
 // Layout: scores are computed transposed, keys down and queries across (S^T = K Q^T). Then
 //  - K and V rows are read where they lie, as broadcast operands: no per-tile transpose or copy
 //    (float16/bfloat16 tiles are widened to float32 once per tile, nothing more);
-//  - the query block is packed once per work item (Q^T, scaled), and every softmax statistic
-//    (running max m, running sum l, rescale factor) is a vector across queries: no horizontal
-//    reductions in the inner loops;
+//  - the query block is packed once per work item (Q^T, scaled by scale * log2 e: the softmax
+//    works in base 2), and every softmax statistic (running max m, running sum l, rescale factor)
+//    is a vector across queries: no horizontal reductions in the inner loops;
 //  - all query heads of a grouped-query group form the columns of one work item, so each K/V tile
-//    is read once for the whole group (decode: one pass over the cache per kv head).
-// Work item: (batch, kv head, block of query rows). Per item:
-//   Q^T block -> for each tile of BN visible keys: S^T = K Q^T (register-blocked micro-kernel),
-//   masks, online softmax per query, O^T += V^T P^T (micro-kernel) -> out = O / l, lse = m + log l.
-// Memory beyond inputs and output is one tile-sized scratch arena per thread; no Lq x Lk buffer.
+//    is read once for the whole group.
+// Work item: (batch, kv head, block of query rows), visiting its visible key tiles last to first:
+//   run_item_blocked (many queries): S^T = K Q^T and O^T += V^T P^T by register-blocked
+//   micro-kernels; masked tiles take the classic online softmax (max, exp2, rescale O), unmasked
+//   ones "lazy rescaling" (exp2 against the running max right after scoring, no rescale).
+//   run_item_rowwise (a few queries, decode): dot products along the head dim, K/V streamed once.
+//   Split-KV: when items are too few for the threads, their key ranges are split into work units
+//   whose partial (O, m, l) are merged by log-sum-exp.
+//   -> out = O / l, lse = (m + log2 l) ln 2; a query with no visible key gets 0 and -inf.
+// Memory beyond inputs and output is one tile-sized scratch arena per thread (plus, under split-KV,
+// one partial result per unit); no Lq x Lk buffer.
 #pragma once
 
 #include <cmath>
@@ -22,10 +28,6 @@
 #include <cstdlib>
 #include <limits>
 #include <new>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "cpu/half.h"
 #include "fastattn/sdpa_params.h"
