@@ -14,6 +14,7 @@
 #include "cpu/dispatch.h"
 #include "cpu/isa.h"
 #include "cpu/threads.h"
+#include "fastattn/attention_params.h"
 #include "fastattn/sdpa_params.h"
 
 namespace py = pybind11;
@@ -297,6 +298,101 @@ class SdpaPlan {
   bool return_lse_ = false;
 };
 
+// fastattn.attention on operands in kernel form: q (*batch, lq, d), k (*batch, lk, d),
+// v (*batch, lk, dv), out C-contiguous (*batch, lq, dv), all float32 or all float64, batch dims of
+// size 1 or the full size; weights None or C-contiguous (*batch, lq, lk); mask None or
+// (*batch, lq, lk)-broadcastable, bool or the compute dtype; w None or (d,) for additive scores.
+py::str attention(py::handle q_handle, py::handle k_handle, py::handle v_handle,
+                  py::handle out_handle, py::handle weights, py::handle mask, py::handle w,
+                  int score_code, int act_code, double bias, int align_code) {
+  using fastattn::AttentionParams;
+  py::array q = as_array(q_handle, "query"), k = as_array(k_handle, "keys");
+  py::array v = as_array(v_handle, "values"), out = as_array(out_handle, "out");
+  const int64_t itemsize = out.itemsize();
+  if (itemsize != 4 && itemsize != 8) internal_error("attention computes in float32 or float64");
+  const py::ssize_t ndim = out.ndim();
+  if (ndim < 2) internal_error("operands need at least 2 dims");
+  for (auto [a, name] : {std::pair<py::array*, const char*>{&q, "query"}, {&k, "keys"},
+                         {&v, "values"}, {&out, "out"}})
+    check_operand(*a, name, ndim, itemsize);
+  if (!(out.flags() & py::array::c_style)) internal_error("out is not C-contiguous");
+  if (score_code < 0 || score_code > 2 || act_code < 0 || act_code > 3 || align_code < 0 ||
+      align_code > 3)
+    internal_error("unknown score, activation or alignment code");
+
+  AttentionParams p;
+  p.f64 = itemsize == 8;
+  const size_t nb = size_t(ndim - 2);
+  const std::vector<int64_t> batch_shape(out.shape(), out.shape() + nb);
+  p.batch = 1;
+  for (int64_t n : batch_shape) p.batch *= n;
+  p.lq = out.shape(ndim - 2);
+  p.dv = out.shape(ndim - 1);
+  p.lk = k.shape(ndim - 2);
+  p.d = q.shape(ndim - 1);
+  if (q.shape(ndim - 2) != p.lq || k.shape(ndim - 1) != p.d || v.shape(ndim - 2) != p.lk ||
+      v.shape(ndim - 1) != p.dv)
+    internal_error("inconsistent shapes");
+  const std::vector<int64_t> q_off = batch_offsets(q, batch_shape, itemsize);
+  const std::vector<int64_t> k_off = batch_offsets(k, batch_shape, itemsize);
+  const std::vector<int64_t> v_off = batch_offsets(v, batch_shape, itemsize);
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  p.q_batch_offset = q_off.data();
+  p.k_batch_offset = k_off.data();
+  p.v_batch_offset = v_off.data();
+  p.q_row_stride = elem_stride(q, ndim - 2, itemsize);
+  p.k_row_stride = elem_stride(k, ndim - 2, itemsize);
+  p.v_row_stride = elem_stride(v, ndim - 2, itemsize);
+  p.out = out.mutable_data();
+  p.score = static_cast<fastattn::ScoreKind>(score_code);
+  p.act = static_cast<fastattn::Activation>(act_code);
+  p.bias = bias;
+  p.align = static_cast<fastattn::AlignKind>(align_code);
+
+  py::array w_array, weights_array, mask_array;
+  if (p.score == fastattn::ScoreKind::additive) {
+    w_array = as_array(w, "w");
+    if (w_array.ndim() != 1 || w_array.shape(0) != p.d || w_array.itemsize() != itemsize ||
+        !(w_array.flags() & py::array::c_style))
+      internal_error("w must be a contiguous (d,) array in the compute dtype");
+    p.w = w_array.data();
+  }
+  if (!weights.is_none()) {
+    weights_array = as_array(weights, "weights");
+    if (weights_array.size() != p.batch * p.lq * p.lk || weights_array.itemsize() != itemsize ||
+        !(weights_array.flags() & py::array::c_style))
+      internal_error("weights has the wrong size, dtype or layout");
+    p.weights = weights_array.mutable_data();
+  }
+  std::vector<int64_t> mask_off;
+  if (!mask.is_none()) {
+    mask_array = as_array(mask, "mask");
+    const bool boolean = mask_array.dtype().kind() == 'b';
+    const int64_t mask_itemsize = boolean ? 1 : itemsize;
+    if (mask_array.ndim() != ndim || mask_array.itemsize() != mask_itemsize ||
+        (mask_array.shape(ndim - 2) != 1 && mask_array.shape(ndim - 2) != p.lq) ||
+        (mask_array.shape(ndim - 1) != 1 && mask_array.shape(ndim - 1) != p.lk))
+      internal_error("mask has the wrong ndim, dtype or shape");
+    mask_off = batch_offsets(mask_array, batch_shape, mask_itemsize);
+    p.mask_kind = boolean ? MaskKind::boolean : MaskKind::additive;
+    p.mask = mask_array.data();
+    p.mask_batch_offset = mask_off.data();
+    p.mask_row_stride = elem_stride(mask_array, ndim - 2, mask_itemsize);
+    p.mask_col_stride = elem_stride(mask_array, ndim - 1, mask_itemsize);
+  }
+  p.num_threads = fastattn::cpu::get_num_threads();
+  const fastattn::cpu::Isa isa = fastattn::cpu::chosen_isa();
+  const fastattn::cpu::AttentionKernel kernel = fastattn::cpu::attention_kernel(isa);
+  {
+    py::gil_scoped_release release;
+    kernel(p);
+  }
+  return py::str(std::string("cpu/") + fastattn::cpu::isa_name(isa) + "/attention/" +
+                 (p.f64 ? "float64" : "float32"));
+}
+
 std::vector<std::string> names(const std::vector<fastattn::cpu::Isa>& isas) {
   std::vector<std::string> out;
   for (auto isa : isas) out.emplace_back(fastattn::cpu::isa_name(isa));
@@ -318,6 +414,11 @@ PYBIND11_MODULE(_cpu, m) {
                     int64_t, int64_t, int64_t, py::tuple, py::handle, py::handle>())
       .def("run", &SdpaPlan::run, py::arg("query"), py::arg("key"), py::arg("value"))
       .def_property_readonly("kernel", &SdpaPlan::kernel);
+  m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("weights"), py::arg("mask"), py::arg("w"), py::arg("score_code"),
+        py::arg("act_code"), py::arg("bias"), py::arg("align_code"),
+        "The general attention module on normalised operands; returns the kernel's name. "
+        "Private: call fastattn.attention.");
   m.def("isa", [] { return std::string(fastattn::cpu::isa_name(fastattn::cpu::chosen_isa())); },
         "The ISA the kernels run on; RuntimeError if FASTATTN_CPU_ISA forces one this CPU lacks.");
   m.def("compiled_isas", [] { return names(fastattn::cpu::compiled_isas()); });

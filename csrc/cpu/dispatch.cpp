@@ -13,5 +13,15 @@ SdpaKernel sdpa_kernel(Isa isa) {
   }
 }
 
+AttentionKernel attention_kernel(Isa isa) {
+  switch (isa) {
+#if FASTATTN_HAVE_X86
+    case Isa::avx512: return &attention_avx512;
+    case Isa::avx2: return &attention_avx2;
+#endif
+    default: return &attention_scalar;
+  }
+}
+
 }  // namespace cpu
 }  // namespace fastattn

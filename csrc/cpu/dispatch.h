@@ -8,6 +8,7 @@ namespace fastattn {
 namespace cpu {
 
 SdpaKernel sdpa_kernel(Isa isa);
+AttentionKernel attention_kernel(Isa isa);
 
 }  // namespace cpu
 }  // namespace fastattn

@@ -2,17 +2,22 @@
 // translation units; each is compiled with its own flags and must only run on a CPU that has them.
 #pragma once
 
+#include "fastattn/attention_params.h"
 #include "fastattn/sdpa_params.h"
 
 namespace fastattn {
 namespace cpu {
 
 using SdpaKernel = void (*)(const SdpaParams&);
+using AttentionKernel = void (*)(const AttentionParams&);
 
 void sdpa_scalar(const SdpaParams& p);
+void attention_scalar(const AttentionParams& p);
 #if FASTATTN_HAVE_X86
 void sdpa_avx2(const SdpaParams& p);
 void sdpa_avx512(const SdpaParams& p);
+void attention_avx2(const AttentionParams& p);
+void attention_avx512(const AttentionParams& p);
 #endif
 
 }  // namespace cpu

@@ -17,5 +17,7 @@ struct Tuning {
 
 #include "cpu/kernels.h"
 #include "cpu/sdpa_kernel.h"
+#include "cpu/attention_kernel.h"
 
 void fastattn::cpu::sdpa_avx2(const SdpaParams& p) { fastattn::avx2::sdpa(p); }
+void fastattn::cpu::attention_avx2(const AttentionParams& p) { fastattn::avx2::attention(p); }

@@ -16,5 +16,7 @@ struct Tuning {
 
 #include "cpu/kernels.h"
 #include "cpu/sdpa_kernel.h"
+#include "cpu/attention_kernel.h"
 
 void fastattn::cpu::sdpa_avx512(const SdpaParams& p) { fastattn::avx512::sdpa(p); }
+void fastattn::cpu::attention_avx512(const AttentionParams& p) { fastattn::avx512::attention(p); }

@@ -24,6 +24,7 @@ struct VF32 {
   friend VF32 operator+(VF32 a, VF32 b) { return {_mm256_add_ps(a.v, b.v)}; }
   friend VF32 operator-(VF32 a, VF32 b) { return {_mm256_sub_ps(a.v, b.v)}; }
   friend VF32 operator*(VF32 a, VF32 b) { return {_mm256_mul_ps(a.v, b.v)}; }
+  friend VF32 operator/(VF32 a, VF32 b) { return {_mm256_div_ps(a.v, b.v)}; }
   friend VF32 fma(VF32 a, VF32 b, VF32 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
   // max(a, b): b when either is NaN (the x86 rule); callers put the value that must win a NaN last.
   friend VF32 max(VF32 a, VF32 b) { return {_mm256_max_ps(a.v, b.v)}; }
@@ -80,6 +81,7 @@ struct VF64 {
   friend VF64 operator+(VF64 a, VF64 b) { return {_mm256_add_pd(a.v, b.v)}; }
   friend VF64 operator-(VF64 a, VF64 b) { return {_mm256_sub_pd(a.v, b.v)}; }
   friend VF64 operator*(VF64 a, VF64 b) { return {_mm256_mul_pd(a.v, b.v)}; }
+  friend VF64 operator/(VF64 a, VF64 b) { return {_mm256_div_pd(a.v, b.v)}; }
   friend VF64 fma(VF64 a, VF64 b, VF64 c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
   friend VF64 max(VF64 a, VF64 b) { return {_mm256_max_pd(a.v, b.v)}; }
   friend VF64 min(VF64 a, VF64 b) { return {_mm256_min_pd(a.v, b.v)}; }

@@ -24,6 +24,7 @@ struct VF32 {
   friend VF32 operator+(VF32 a, VF32 b) { return {_mm512_add_ps(a.v, b.v)}; }
   friend VF32 operator-(VF32 a, VF32 b) { return {_mm512_sub_ps(a.v, b.v)}; }
   friend VF32 operator*(VF32 a, VF32 b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  friend VF32 operator/(VF32 a, VF32 b) { return {_mm512_div_ps(a.v, b.v)}; }
   friend VF32 fma(VF32 a, VF32 b, VF32 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
   // max(a, b): b when either is NaN (the x86 rule); callers put the value that must win a NaN last.
   friend VF32 max(VF32 a, VF32 b) { return {_mm512_max_ps(a.v, b.v)}; }
@@ -69,6 +70,7 @@ struct VF64 {
   friend VF64 operator+(VF64 a, VF64 b) { return {_mm512_add_pd(a.v, b.v)}; }
   friend VF64 operator-(VF64 a, VF64 b) { return {_mm512_sub_pd(a.v, b.v)}; }
   friend VF64 operator*(VF64 a, VF64 b) { return {_mm512_mul_pd(a.v, b.v)}; }
+  friend VF64 operator/(VF64 a, VF64 b) { return {_mm512_div_pd(a.v, b.v)}; }
   friend VF64 fma(VF64 a, VF64 b, VF64 c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
   friend VF64 max(VF64 a, VF64 b) { return {_mm512_max_pd(a.v, b.v)}; }
   friend VF64 min(VF64 a, VF64 b) { return {_mm512_min_pd(a.v, b.v)}; }

@@ -22,6 +22,7 @@ struct VScalar {
   friend VScalar operator+(VScalar a, VScalar b) { return {a.v + b.v}; }
   friend VScalar operator-(VScalar a, VScalar b) { return {a.v - b.v}; }
   friend VScalar operator*(VScalar a, VScalar b) { return {a.v * b.v}; }
+  friend VScalar operator/(VScalar a, VScalar b) { return {a.v / b.v}; }
   // Separate multiply and add: std::fma is a slow library call without hardware FMA.
   friend VScalar fma(VScalar a, VScalar b, VScalar c) { return {a.v * b.v + c.v}; }
   // Same NaN rule as the x86 instructions: the second operand wins when either is NaN.

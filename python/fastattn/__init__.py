@@ -7,14 +7,16 @@ from ._backend import (
     set_num_threads,
     use_backend,
 )
-from .functional import scaled_dot_product_attention
+from .functional import attention, output_layer, scaled_dot_product_attention
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "attention",
     "backends",
     "get_num_threads",
     "last_kernel",
+    "output_layer",
     "scaled_dot_product_attention",
     "set_num_threads",
     "use_backend",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _backend, _cpu, _sdpa_args
+import numpy as np
+
+from . import _attention_args, _backend, _cpu, _dtypes, _sdpa_args
 
 
 def scaled_dot_product_attention(
@@ -65,3 +67,106 @@ def scaled_dot_product_attention(
     if memo is not None:
         _sdpa_args.remember(memo, (query, key, value), call)
     return (result, lse) if return_lse else result
+
+
+def attention(
+    query: Any,
+    keys: Any,
+    values: Any = None,
+    *,
+    score: str = "scaled_dot",
+    align: str = "softmax",
+    params: Any = None,
+    attn_mask: Any = None,
+    return_weights: bool = False,
+    backend: str = "auto",
+):
+    """The general attention module: scores s_ij of query i with key j, alignment weights a_ij over
+    the keys, and the context c_i = sum_j a_ij v_j, fused in one kernel.
+
+    Shapes: query ``(..., Lq, dq)`` (or ``(dq,)``, one query), keys ``(..., Lk, dk)``, values
+    ``(..., Lk, dv)`` (default: the keys). Leading batch dims broadcast (NumPy rules).
+
+    ``score`` (``params`` a dict of arrays):
+
+    - ``"dot"``: q.k; ``"scaled_dot"``: q.k / sqrt(dk); ``"cosine"``: q.k / (|q| |k|), 0 for a zero
+      vector.
+    - ``"general"``: k^T W q, ``W`` ``(dk, dq)``; ``"biased_general"``: k^T (W q + b), ``b``
+      ``(dk,)``; ``"activated_general"``: act(k^T W q + b), ``b`` a scalar (default 0), ``act``
+      ``"tanh"`` (default), ``"relu"``, ``"sigmoid"`` or ``"identity"``.
+    - ``"additive"`` (alias ``"concat"``, Bahdanau): w^T act(W_q q + W_k k + b), ``W_q``
+      ``(da, dq)``, ``W_k`` ``(da, dk)``, ``w`` ``(da,)``, ``b`` ``(da,)`` (default 0), ``act``
+      (default ``"tanh"``).
+
+    ``align``: ``"softmax"`` over the keys; ``"sigmoid"`` of each score (not normalised);
+    ``"sparsemax"`` (Martins & Astudillo 2016); ``"hard"``, one-hot of the arg-max key (ties to the
+    lowest index).
+
+    ``attn_mask``: bool (**True = attend**) or float (added to the scores), broadcastable to
+    ``(..., Lq, Lk)``. Masked keys get weight 0 under every alignment; a query with no visible key
+    gets a zero context (and zero weights).
+
+    Returns the context ``(..., Lq, dv)``, and with ``return_weights=True`` also the weights
+    ``(..., Lq, Lk)``, in the inputs' (and params') common float dtype (float16 and bfloat16 are
+    computed in float32).
+
+    Paths: the dot-type scores (dot, scaled_dot, cosine, general, biased_general) are dot products
+    of transformed queries and keys (W q + b, q / sqrt(dk), q / |q| and k / |k|, by NumPy's BLAS);
+    with softmax and no weights asked for they run on the scaled_dot_product_attention kernel, and
+    otherwise, like activated_general and additive, on the fused general-attention kernel, which
+    keeps each query's whole row of scores (O(Lk) memory per query, as sparsemax and hard need).
+    ``last_kernel()`` names the one that ran.
+    """
+    _backend.select(backend, query, keys, values if values is not None else keys)
+    call = _attention_args.prepare(query, keys, values, score, align, params, attn_mask)
+    cdt = call.q.dtype
+    lq, lk, dv = call.q.shape[-2], call.k.shape[-2], call.v.shape[-1]
+    weights = None
+    if call.align == "softmax" and call.score in _attention_args.DOT_REDUCIBLE and not return_weights:
+        heads = (slice(None),) * len(call.batch) + (None,)  # a head dim of 1 for SDPA
+        mask = None if call.mask is None else call.mask[heads]
+        context = scaled_dot_product_attention(
+            call.q[heads], call.k[heads], call.v[heads], scale=1.0, attn_mask=mask
+        )[(slice(None),) * len(call.batch) + (0,)]
+    else:
+        context = np.empty(call.batch + (lq, dv), cdt)
+        if return_weights:
+            weights = np.empty(call.batch + (lq, lk), cdt)
+        _backend.record_kernel(
+            _cpu.attention(
+                call.q, call.k, call.v, context, weights, call.mask, call.w, call.kind, call.act,
+                call.bias, _attention_args.ALIGNS[call.align],
+            )
+        )
+    results = [context] if weights is None else [context, weights]
+    if call.single_query:
+        results = [r[..., 0, :] for r in results]
+    results = [r if r.dtype == call.dtype else r.astype(call.dtype) for r in results]
+    return tuple(results) if return_weights else results[0]
+
+
+def output_layer(context: Any, weight: Any, bias: Any = None) -> np.ndarray:
+    """y = softmax(context @ weight.T + bias) over the last axis: the output model of the attention
+    literature, a distribution over ``n_out`` outputs from a context vector.
+
+    context ``(..., dv)``, weight ``(n_out, dv)``, bias ``(n_out,)`` or None. Returns ``(..., n_out)``
+    probabilities in the common float dtype (computed in float32 at least).
+    """
+    c, w = np.asarray(context), np.asarray(weight)
+    arrays, names = [c, w], ["context", "weight"]
+    if bias is not None:
+        arrays.append(np.asarray(bias))
+        names.append("bias")
+    dtype = _dtypes.common_float_dtype(arrays, names)
+    if c.ndim < 1 or w.ndim != 2 or w.shape[1] != c.shape[-1]:
+        raise ValueError(f"weight must be (n_out, dv) with dv = context's last dim: context {c.shape}, weight {w.shape}")
+    if bias is not None and arrays[2].shape != (w.shape[0],):
+        raise ValueError(f"bias must have shape ({w.shape[0]},), got {arrays[2].shape}")
+    cdt = _dtypes.compute_dtype(dtype)
+    logits = c.astype(cdt) @ w.astype(cdt).T
+    if bias is not None:
+        logits += arrays[2].astype(cdt)
+    logits -= logits.max(axis=-1, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=-1, keepdims=True)
+    return logits.astype(dtype, copy=False)

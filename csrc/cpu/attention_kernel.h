@@ -1,0 +1,290 @@
+// The general attention module (fastattn.attention) for one ISA: scores of every query with every
+// key, an alignment over the keys (softmax, sigmoid, sparsemax, hard), and the context as the
+// weighted sum of the values, fused. Included after sdpa_kernel.h in the same per-ISA namespace:
+// it reuses its SIMD wrapper, tiling constants, scratch arena and micro-kernels.
+//
+// Work item: (batch, block of NR queries). Scores are kept transposed (keys down, queries across)
+// for the whole row of keys, O(Lk) memory per query, because sparsemax and hard need the whole row;
+// every alignment then runs down the columns, W queries per vector, with no horizontal reductions:
+//   Q^T block -> S^T = K Q^T (dot, activated: micro-kernel; additive: act(q + k) . w per key)
+//   -> masks -> alignment in place -> O^T = V^T A^T (micro-kernel) -> context, weights.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "cpu/simd_activation.h"
+#include "fastattn/attention_params.h"
+
+namespace fastattn {
+namespace FASTATTN_ISA {
+
+template <class T>
+struct AttentionPlan {
+  using V = typename VecOf<T>::type;
+  static constexpr int W = V::W;
+  static constexpr int R = Tuning::micro_rows, NV = Tuning::micro_vecs;
+  static constexpr int64_t NR = int64_t(NV) * W;  // queries per work item
+  static constexpr int64_t BN = round_up(Tuning::block_n, R);
+  // Sparsemax's threshold: bisection steps before the exact solve on the support they find.
+  static constexpr int kBisections = sizeof(T) == 8 ? 60 : 30;
+
+  const AttentionParams& p;
+  int64_t q_blocks, lk_pad;
+  int64_t off_st, off_ot, off_zero, scratch_elems;
+  size_t scratch_bytes;
+
+  explicit AttentionPlan(const AttentionParams& params) : p(params) {
+    q_blocks = (p.lq + NR - 1) / NR;
+    lk_pad = round_up(max64(p.lk, 1), BN);
+    off_st = p.d * NR;
+    off_ot = off_st + lk_pad * NR;
+    off_zero = off_ot + p.dv * NR;
+    scratch_elems = round_up(off_zero + max64(p.d, p.dv) + R, 8);
+    scratch_bytes = size_t(scratch_elems) * sizeof(T) + 2 * size_t(BN) * sizeof(const T*);
+  }
+
+  int64_t items() const { return p.batch * q_blocks; }
+
+  void run_item(int64_t item, T* scratch) const {
+    const int64_t b = item / q_blocks, i0 = (item % q_blocks) * NR;
+    const int64_t rows = min64(NR, p.lq - i0);
+    T* qt = scratch;
+    T* st = scratch + off_st;
+    T* ot = scratch + off_ot;
+    T* zero_row = scratch + off_zero;
+    const T** krows = reinterpret_cast<const T**>(scratch + scratch_elems);
+    const T** vrows = krows + BN;
+    for (int64_t x = 0; x < max64(p.d, p.dv) + R; ++x) zero_row[x] = T(0);
+
+    const T* q = static_cast<const T*>(p.q) + p.q_batch_offset[b] + i0 * p.q_row_stride;
+    for (int64_t c = 0; c < NR; ++c)
+      for (int64_t x = 0; x < p.d; ++x) qt[x * NR + c] = c < rows ? q[c * p.q_row_stride + x] : T(0);
+
+    scores(b, qt, st, zero_row, krows);
+    apply_masks(b, i0, rows, st);
+    for (int64_t c0 = 0; c0 < NR; c0 += W) align(st + c0);
+    context(b, st, ot, zero_row, vrows);
+
+    T* out = static_cast<T*>(p.out) + (b * p.lq + i0) * p.dv;
+    for (int64_t c = 0; c < rows; ++c)
+      for (int64_t y = 0; y < p.dv; ++y) out[c * p.dv + y] = ot[y * NR + c];
+    if (p.weights) {
+      T* weights = static_cast<T*>(p.weights) + (b * p.lq + i0) * p.lk;
+      for (int64_t c = 0; c < rows; ++c)
+        for (int64_t j = 0; j < p.lk; ++j) weights[c * p.lk + j] = st[j * NR + c];
+    }
+  }
+
+  // S^T for all keys, tile by tile; rows past lk (up to lk_pad) hold scores of zero keys.
+  void scores(int64_t b, const T* qt, T* st, const T* zero_row, const T** krows) const {
+    const T* k = static_cast<const T*>(p.k) + p.k_batch_offset[b];
+    for (int64_t j0 = 0; j0 < p.lk; j0 += BN) {
+      const int64_t n = min64(BN, p.lk - j0), n_pad = round_up(n, R);
+      for (int64_t j = 0; j < n_pad; ++j) krows[j] = j < n ? k + (j0 + j) * p.k_row_stride : zero_row;
+      T* s = st + j0 * NR;
+      if (p.score == ScoreKind::additive) {
+        switch (p.act) {
+          case Activation::identity: additive_scores<Activation::identity>(qt, krows, n, s); break;
+          case Activation::tanh: additive_scores<Activation::tanh>(qt, krows, n, s); break;
+          case Activation::relu: additive_scores<Activation::relu>(qt, krows, n, s); break;
+          case Activation::sigmoid: additive_scores<Activation::sigmoid>(qt, krows, n, s); break;
+        }
+        continue;
+      }
+      for (int64_t j = 0; j < n_pad; j += R) score_micro<V, R, NV>(krows + j, qt, NR, p.d, s + j * NR, NR);
+      if (p.score == ScoreKind::activated) {
+        switch (p.act) {
+          case Activation::identity: activate_scores<Activation::identity>(s, n); break;
+          case Activation::tanh: activate_scores<Activation::tanh>(s, n); break;
+          case Activation::relu: activate_scores<Activation::relu>(s, n); break;
+          case Activation::sigmoid: activate_scores<Activation::sigmoid>(s, n); break;
+        }
+      }
+    }
+  }
+
+  template <Activation A>
+  void activate_scores(T* s, int64_t n) const {
+    const V bias = V::set1(T(p.bias));
+    for (int64_t i = 0; i < n * NR; i += W) activate<A>(V::load(s + i) + bias).store(s + i);
+  }
+
+  // s_j = sum_a w[a] act(q[a] + k_j[a]) for n keys, four at a time so each query vector loaded
+  // serves four keys; the activation dominates the cost.
+  template <Activation A>
+  void additive_scores(const T* qt, const T* const* krows, int64_t n, T* s) const {
+    const T* w = static_cast<const T*>(p.w);
+    for (int64_t j = 0; j < n; j += 4) {
+      const int64_t u_end = min64(4, n - j);
+      for (int64_t c0 = 0; c0 < NR; c0 += W) {
+        V acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+        for (int64_t a = 0; a < p.d; ++a) {
+          const V qa = V::load(qt + a * NR + c0), wa = V::set1(w[a]);
+          for (int64_t u = 0; u < u_end; ++u)
+            acc[u] = fma(wa, activate<A>(qa + V::set1(krows[j + u][a])), acc[u]);
+        }
+        for (int64_t u = 0; u < u_end; ++u) acc[u].store(s + (j + u) * NR + c0);
+      }
+    }
+  }
+
+  // A masked score becomes -inf by assignment (never by adding), so NaN or Inf in a masked key
+  // cannot reach the query.
+  void apply_masks(int64_t b, int64_t i0, int64_t rows, T* st) const {
+    constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+    if (p.mask_kind == MaskKind::none) return;
+    for (int64_t c = 0; c < rows; ++c) {
+      const int64_t at = p.mask_batch_offset[b] + (i0 + c) * p.mask_row_stride;
+      if (p.mask_kind == MaskKind::additive) {
+        const T* mask = static_cast<const T*>(p.mask) + at;
+        for (int64_t j = 0; j < p.lk; ++j) {
+          const T add = mask[j * p.mask_col_stride];
+          T& s = st[j * NR + c];
+          s = add == neg_inf ? neg_inf : s + add;
+        }
+      } else {
+        const uint8_t* mask = static_cast<const uint8_t*>(p.mask) + at;
+        for (int64_t j = 0; j < p.lk; ++j)
+          if (!mask[j * p.mask_col_stride]) st[j * NR + c] = neg_inf;
+      }
+    }
+  }
+
+  // Scores -> weights in place, for the W queries of column vector s[j * NR]. A query with no
+  // visible key (every score -inf) gets all-zero weights under every alignment.
+  void align(T* s) const {
+    constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+    const int64_t lk = p.lk;
+    const V vneg_inf = V::set1(neg_inf), zero = V::zero(), one = V::set1(T(1));
+    V top = vneg_inf;
+    for (int64_t j = 0; j < lk; ++j) top = max(top, V::load(s + j * NR));
+    switch (p.align) {
+      case AlignKind::softmax: {
+        const V m = select_lt(top, V::set1(std::numeric_limits<T>::lowest()), zero, top);
+        const V log2e = V::set1(T(1.44269504088896340736));
+        V sum = zero;
+        for (int64_t j = 0; j < lk; ++j) {
+          const V e = vexp2((V::load(s + j * NR) - m) * log2e);
+          e.store(s + j * NR);
+          sum = sum + e;
+        }
+        const V inv = select_eq(sum, zero, zero, one / sum);
+        for (int64_t j = 0; j < lk; ++j) (V::load(s + j * NR) * inv).store(s + j * NR);
+        break;
+      }
+      case AlignKind::sigmoid:
+        for (int64_t j = 0; j < lk; ++j) {
+          const V x = V::load(s + j * NR);
+          select_eq(x, vneg_inf, zero, act_sigmoid(x)).store(s + j * NR);
+        }
+        break;
+      case AlignKind::hard: {
+        // The first key reaching the top score wins (ties to the lowest index); -1 if none.
+        V best = vneg_inf, index = V::set1(T(-1));
+        for (int64_t j = 0; j < lk; ++j) {
+          const V x = V::load(s + j * NR);
+          index = select_lt(best, x, V::set1(T(j)), index);
+          best = select_lt(best, x, x, best);
+        }
+        for (int64_t j = 0; j < lk; ++j) select_eq(index, V::set1(T(j)), one, zero).store(s + j * NR);
+        break;
+      }
+      case AlignKind::sparsemax: {
+        // The threshold tau with sum_j max(z_j - tau, 0) = 1 lies in [top - 1, top): bisect it,
+        // then solve it exactly on the support {z_j > lo} the bisection found.
+        V lo = top - one, hi = top;
+        for (int it = 0; it < kBisections; ++it) {
+          const V mid = (lo + hi) * V::set1(T(0.5));
+          V mass = zero;
+          for (int64_t j = 0; j < lk; ++j) mass = mass + max(V::load(s + j * NR) - mid, zero);
+          hi = select_lt(mass, one, mid, hi);
+          lo = select_lt(mass, one, lo, mid);
+        }
+        V support_sum = zero, support_size = zero;
+        for (int64_t j = 0; j < lk; ++j) {
+          const V x = V::load(s + j * NR);
+          support_sum = support_sum + select_lt(lo, x, x, zero);
+          support_size = support_size + select_lt(lo, x, one, zero);
+        }
+        const V tau = (support_sum - one) / select_eq(support_size, zero, one, support_size);
+        const V none = select_eq(top, vneg_inf, one, zero);  // 1 where no key is visible
+        for (int64_t j = 0; j < lk; ++j) {
+          const V weight = max(V::load(s + j * NR) - tau, zero);
+          select_eq(none, one, zero, weight).store(s + j * NR);
+        }
+        break;
+      }
+    }
+  }
+
+  // O^T = V^T A^T over all keys, tile by tile (two-level sums, as in SDPA).
+  void context(int64_t b, const T* st, T* ot, const T* zero_row, const T** vrows) const {
+    const T* v = static_cast<const T*>(p.v) + p.v_batch_offset[b];
+    for (int64_t i = 0; i < p.dv * NR; ++i) ot[i] = T(0);
+    for (int64_t j0 = 0; j0 < p.lk; j0 += BN) {
+      const int64_t n = min64(BN, p.lk - j0);
+      V check = V::zero();
+      for (int64_t j = 0; j < n; ++j) {
+        vrows[j] = v + (j0 + j) * p.v_row_stride;
+        for (int64_t y = 0; y < p.dv; ++y) check = fma(V::set1(vrows[j][y]), V::zero(), check);
+      }
+      for (int64_t j = n; j < BN; ++j) vrows[j] = zero_row;
+      const bool v_finite = check.reduce_add() == T(0);
+      for (int64_t y0 = 0; y0 < p.dv; y0 += R) {
+        const int r = int(min64(R, p.dv - y0));
+        if (v_finite)
+          AccumulateTail<V, R, NV, false>::run(r, vrows, y0, st + j0 * NR, NR, n, ot + y0 * NR, NR);
+        else
+          AccumulateTail<V, R, NV, true>::run(r, vrows, y0, st + j0 * NR, NR, n, ot + y0 * NR, NR);
+      }
+    }
+  }
+};
+
+template <class T>
+static void attention_typed(const AttentionParams& p) {
+  const AttentionPlan<T> plan(p);
+  const int64_t items = plan.items();
+  if (items == 0) return;
+  const double work = double(p.batch) * double(p.lq) * double(p.lk) * double(p.d + p.dv + 8);
+  const bool parallel = p.num_threads > 1 && items > 1 && work > 1.5e5;
+  if (!parallel) {
+    T* scratch = static_cast<T*>(scratch_arena.get(plan.scratch_bytes));
+    if (!scratch) throw std::bad_alloc();
+    for (int64_t item = 0; item < items; ++item) plan.run_item(item, scratch);
+    return;
+  }
+  int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(p.num_threads)
+#endif
+  {
+    T* scratch = static_cast<T*>(scratch_arena.get(plan.scratch_bytes));
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int64_t item = 0; item < items; ++item) {
+      if (scratch) {
+        plan.run_item(item, scratch);
+      } else {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+        failed = 1;
+      }
+    }
+  }
+  if (failed) throw std::bad_alloc();
+}
+
+static void attention(const AttentionParams& p) {
+  if (p.f64)
+    attention_typed<double>(p);
+  else
+    attention_typed<float>(p);
+}
+
+}  // namespace FASTATTN_ISA
+}  // namespace fastattn
