@@ -250,33 +250,8 @@ static void attention_typed(const AttentionParams& p) {
   if (items == 0) return;
   const double work = double(p.batch) * double(p.lq) * double(p.lk) * double(p.d + p.dv + 8);
   const bool parallel = p.num_threads > 1 && items > 1 && work > 1.5e5;
-  if (!parallel) {
-    T* scratch = static_cast<T*>(scratch_arena.get(plan.scratch_bytes));
-    if (!scratch) throw std::bad_alloc();
-    for (int64_t item = 0; item < items; ++item) plan.run_item(item, scratch);
-    return;
-  }
-  int failed = 0;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(p.num_threads)
-#endif
-  {
-    T* scratch = static_cast<T*>(scratch_arena.get(plan.scratch_bytes));
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-    for (int64_t item = 0; item < items; ++item) {
-      if (scratch) {
-        plan.run_item(item, scratch);
-      } else {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-        failed = 1;
-      }
-    }
-  }
-  if (failed) throw std::bad_alloc();
+  for_each_unit(items, parallel, p.num_threads, plan.scratch_bytes,
+                [&plan](int64_t item, void* scratch) { plan.run_item(item, static_cast<T*>(scratch)); });
 }
 
 static void attention(const AttentionParams& p) {

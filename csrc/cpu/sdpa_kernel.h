@@ -649,6 +649,41 @@ struct HeapBlock {
   ~HeapBlock() { std::free(ptr); }
 };
 
+// Runs run(unit, scratch) for every unit: on the calling thread when `parallel` is false (not
+// even an inactive OpenMP region, which costs about a microsecond to enter), else on `threads`
+// OpenMP threads, dynamically scheduled, each with its own scratch arena of `scratch_bytes`.
+template <class F>
+static void for_each_unit(int64_t units, bool parallel, int threads, size_t scratch_bytes,
+                          const F& run) {
+  if (!parallel || units <= 1) {
+    void* scratch = scratch_arena.get(scratch_bytes);
+    if (!scratch) throw std::bad_alloc();
+    for (int64_t unit = 0; unit < units; ++unit) run(unit, scratch);
+    return;
+  }
+  int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+    void* scratch = scratch_arena.get(scratch_bytes);
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int64_t unit = 0; unit < units; ++unit) {
+      if (scratch) {
+        run(unit, scratch);
+      } else {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+        failed = 1;
+      }
+    }
+  }
+  if (failed) throw std::bad_alloc();
+}
+
 template <class E>
 static void sdpa_typed(const SdpaParams& p) {
   using Plan = SdpaPlan<E>;
@@ -671,36 +706,12 @@ static void sdpa_typed(const SdpaParams& p) {
       plan.partials = static_cast<T*>(partials.ptr);
     }
   }
-  const int64_t units = plan.units();
-  T* own_scratch = static_cast<T*>(scratch_arena.get(plan.scratch_bytes));
-  if (!own_scratch) throw std::bad_alloc();
-  if (!parallel || units == 1) {  // not even an inactive OpenMP region: entering one costs ~1 us
-    for (int64_t unit = 0; unit < units; ++unit) plan.run_unit(unit, own_scratch);
-    for (int64_t item = 0; plan.splits > 1 && item < items; ++item) plan.merge(item, own_scratch);
-    return;
+  for_each_unit(plan.units(), parallel, p.num_threads, plan.scratch_bytes,
+                [&plan](int64_t unit, void* scratch) { plan.run_unit(unit, static_cast<T*>(scratch)); });
+  if (plan.splits > 1) {
+    T* scratch = static_cast<T*>(scratch_arena.get(plan.scratch_bytes));  // this thread's arena
+    for (int64_t item = 0; item < items; ++item) plan.merge(item, scratch);
   }
-  int failed = 0;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(p.num_threads)
-#endif
-  {
-    T* scratch = static_cast<T*>(scratch_arena.get(plan.scratch_bytes));
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-    for (int64_t unit = 0; unit < units; ++unit) {
-      if (scratch) {
-        plan.run_unit(unit, scratch);
-      } else {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-        failed = 1;
-      }
-    }
-  }
-  if (failed) throw std::bad_alloc();
-  for (int64_t item = 0; plan.splits > 1 && item < items; ++item) plan.merge(item, own_scratch);
 }
 
 static void sdpa(const SdpaParams& p) {
