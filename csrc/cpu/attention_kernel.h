@@ -192,26 +192,28 @@ struct AttentionPlan {
         break;
       }
       case AlignKind::sparsemax: {
-        // The threshold tau with sum_j max(z_j - tau, 0) = 1 lies in [top - 1, top): bisect it,
-        // then solve it exactly on the support {z_j > lo} the bisection found.
-        V lo = top - one, hi = top;
+        // On scores shifted by the row max (so the 1 of the simplex is not absorbed by large
+        // scores), the threshold tau with sum_j max(z_j - tau, 0) = 1 lies in [-1, 0): bisect
+        // it, then solve it exactly on the support {z_j > lo} the bisection found.
+        const V shift = select_eq(top, vneg_inf, zero, top);
+        V lo = V::set1(T(-1)), hi = zero;
         for (int it = 0; it < kBisections; ++it) {
           const V mid = (lo + hi) * V::set1(T(0.5));
           V mass = zero;
-          for (int64_t j = 0; j < lk; ++j) mass = mass + max(V::load(s + j * NR) - mid, zero);
+          for (int64_t j = 0; j < lk; ++j) mass = mass + max(V::load(s + j * NR) - shift - mid, zero);
           hi = select_lt(mass, one, mid, hi);
           lo = select_lt(mass, one, lo, mid);
         }
         V support_sum = zero, support_size = zero;
         for (int64_t j = 0; j < lk; ++j) {
-          const V x = V::load(s + j * NR);
-          support_sum = support_sum + select_lt(lo, x, x, zero);
-          support_size = support_size + select_lt(lo, x, one, zero);
+          const V z = V::load(s + j * NR) - shift;
+          support_sum = support_sum + select_lt(lo, z, z, zero);
+          support_size = support_size + select_lt(lo, z, one, zero);
         }
         const V tau = (support_sum - one) / select_eq(support_size, zero, one, support_size);
         const V none = select_eq(top, vneg_inf, one, zero);  // 1 where no key is visible
         for (int64_t j = 0; j < lk; ++j) {
-          const V weight = max(V::load(s + j * NR) - tau, zero);
+          const V weight = max(V::load(s + j * NR) - shift - tau, zero);
           select_eq(none, one, zero, weight).store(s + j * NR);
         }
         break;

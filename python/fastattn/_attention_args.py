@@ -119,8 +119,11 @@ def prepare(query, keys, values, score, align, params, attn_mask) -> AttentionCa
               if name in params}
     if "b" in params:
         arrays["b"] = _float_array(params["b"], "b")
+    # Scalar params (activated_general's b) do not promote, as NumPy's Python scalars do not.
+    promoting = {name: a for name, a in arrays.items() if a.ndim > 0}
     dtype = _dtypes.common_float_dtype(
-        (q, k, v, *arrays.values()), ("query", "keys", "values", *(f"params[{n!r}]" for n in arrays))
+        (q, k, v, *promoting.values()),
+        ("query", "keys", "values", *(f"params[{n!r}]" for n in promoting)),
     )
     cdt = _dtypes.compute_dtype(dtype)
     single_query = q.ndim == 1
@@ -178,5 +181,7 @@ def prepare(query, keys, values, score, align, params, attn_mask) -> AttentionCa
 
     ndim = len(batch) + 2
     q, k, v = (_kernel_form(a, cdt, ndim) for a in (q, k, v))
+    if attn_mask is not None and single_query:
+        attn_mask = np.asarray(attn_mask)[..., None, :]  # shaped like the weights: (..., Lk)
     mask = None if attn_mask is None else _mask(attn_mask, cdt, batch + (lq, lk))
     return AttentionCall(score, align, q, k, v, mask, w, kind, act, bias, batch, dtype, single_query)

@@ -104,11 +104,12 @@ def attention(
 
     ``attn_mask``: bool (**True = attend**) or float (added to the scores), broadcastable to
     ``(..., Lq, Lk)``. Masked keys get weight 0 under every alignment; a query with no visible key
-    gets a zero context (and zero weights).
+    gets a zero context (and zero weights). With a 1-D query the mask is shaped like the weights,
+    ``(..., Lk)``.
 
     Returns the context ``(..., Lq, dv)``, and with ``return_weights=True`` also the weights
-    ``(..., Lq, Lk)``, in the inputs' (and params') common float dtype (float16 and bfloat16 are
-    computed in float32).
+    ``(..., Lq, Lk)``, in the common float dtype of the inputs and the array params (a scalar
+    ``b`` does not promote; float16 and bfloat16 are computed in float32).
 
     Paths: the dot-type scores (dot, scaled_dot, cosine, general, biased_general) are dot products
     of transformed queries and keys (W q + b, q / sqrt(dk), q / |q| and k / |k|, by NumPy's BLAS);
