@@ -92,6 +92,7 @@ import numpy as np  # noqa: E402
 
 try:
     import fastattn  # noqa: E402
+    from fastattn._benchmark import cpu_model  # noqa: E402
 except ImportError as exc:
     sys.exit(f"bench_attention: cannot import fastattn ({exc}); build and install it first (pip install .)")
 if not hasattr(fastattn, "attention"):
@@ -461,17 +462,6 @@ def bench_dot(repeats):
 # ----------------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------------
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def print_table(meta):
     print("\n" + "=" * 124)
     print(f"fastattn {meta['fastattn_version']}  |  ISA {meta['isa']}  |  threads {meta['threads']} "
@@ -529,7 +519,7 @@ def main() -> int:
                 threads=fastattn.get_num_threads(), torch_threads=torch.get_num_threads() if torch else None,
                 blas_threads=BLAS_THREADS, numpy_pool_threads=THREADS,
                 numpy_version=np.__version__, torch_version=torch.__version__ if torch else "not used",
-                cpu=cpu_name(), repeats=repeats, quick=ARGS.quick, dtype="float32",
+                cpu=cpu_model(), repeats=repeats, quick=ARGS.quick, dtype="float32",
                 python=platform.python_version())
     print(f"fastattn {meta['fastattn_version']} ({meta['fastattn_file']}), ISA {meta['isa']}, "
           f"threads {meta['threads']}, torch threads {meta['torch_threads']}, {meta['cpu']}", flush=True)

@@ -9,24 +9,14 @@ from typing import List, Optional
 import numpy as np
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def info() -> int:
     import fastattn
     from fastattn import _cpu
+    from fastattn._benchmark import cpu_model
 
     build = _cpu.build_info()
     print(f"fastattn {fastattn.__version__}  (numpy {np.__version__}, python {platform.python_version()})")
-    print(f"cpu:            {_cpu_model()}, {platform.machine()}")
+    print(f"cpu:            {cpu_model()}, {platform.machine()}")
     print(f"compiled ISAs:  {', '.join(_cpu.compiled_isas())}")
     print(f"usable here:    {', '.join(_cpu.available_isas())}")
     try:

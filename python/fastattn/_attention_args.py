@@ -18,7 +18,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 
 from . import _dtypes
-from ._sdpa_args import broadcast_batch
+from ._sdpa_args import broadcast_batch, mask_operand
 
 SCORES = ("dot", "scaled_dot", "cosine", "general", "biased_general", "activated_general",
           "additive", "concat")
@@ -87,20 +87,6 @@ def _shape_check(a: np.ndarray, shape: Tuple[int, ...], name: str, meaning: str)
 def _normalised(x: np.ndarray) -> np.ndarray:
     norm = np.sqrt(np.einsum("...i,...i->...", x, x))[..., None]
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
-
-
-def _mask(attn_mask: Any, cdt: np.dtype, full: Tuple[int, ...]) -> np.ndarray:
-    m = np.asarray(attn_mask)
-    if m.dtype != np.bool_:
-        if not _dtypes.is_supported_float(_dtypes.native(m.dtype)):
-            raise TypeError(
-                f"attn_mask has dtype {m.dtype}; it must be bool (True = attend) or float (added "
-                "to the scores)"
-            )
-        m = m.astype(cdt)
-    if m.ndim > len(full) or any(n != 1 and n != want for n, want in zip(m.shape[::-1], full[::-1])):
-        raise ValueError(f"attn_mask of shape {m.shape} does not broadcast to (*batch, Lq, Lk) = {full}")
-    return m.reshape((1,) * (len(full) - m.ndim) + m.shape)
 
 
 def _kernel_form(a: np.ndarray, cdt: np.dtype, ndim: int) -> np.ndarray:
@@ -183,5 +169,5 @@ def prepare(query, keys, values, score, align, params, attn_mask) -> AttentionCa
     q, k, v = (_kernel_form(a, cdt, ndim) for a in (q, k, v))
     if attn_mask is not None and single_query:
         attn_mask = np.asarray(attn_mask)[..., None, :]  # shaped like the weights: (..., Lk)
-    mask = None if attn_mask is None else _mask(attn_mask, cdt, batch + (lq, lk))
+    mask = None if attn_mask is None else mask_operand(attn_mask, cdt, batch + (lq, lk))
     return AttentionCall(score, align, q, k, v, mask, w, kind, act, bias, batch, dtype, single_query)

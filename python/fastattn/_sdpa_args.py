@@ -102,7 +102,7 @@ def _scale(scale: Any, d: int) -> float:
         raise TypeError(f"scale must be a real number, got {scale!r}") from None
 
 
-def _mask(attn_mask: Any, dtype: np.dtype, full: Tuple[int, ...]) -> np.ndarray:
+def mask_operand(attn_mask: Any, dtype: np.dtype, full: Tuple[int, ...]) -> np.ndarray:
     """The mask as bool or as the compute dtype, with full's ndim, each dim 1 or full's."""
     m = np.asarray(attn_mask)
     if m.dtype != np.bool_:
@@ -116,7 +116,7 @@ def _mask(attn_mask: Any, dtype: np.dtype, full: Tuple[int, ...]) -> np.ndarray:
         n != 1 and n != want for n, want in zip(m.shape[::-1], full[::-1])
     ):
         raise ValueError(
-            f"attn_mask of shape {m.shape} does not broadcast to (*batch, Hq, Lq, Lk) = {full}"
+            f"attn_mask of shape {m.shape} does not broadcast to {full}"
         )
     m = _with_leading_ones(m, len(full))
     if not m.flags.aligned or any(s % m.itemsize for s in m.strides):
@@ -195,7 +195,7 @@ def prepare(
 
     mask = None
     if attn_mask is not None:
-        mask = _mask(attn_mask, dtype, batch + (hq, lq, lk))
+        mask = mask_operand(attn_mask, dtype, batch + (hq, lq, lk))
     lengths = None
     if kv_lengths is not None:
         lengths = _kv_lengths(kv_lengths, batch, lk)
