@@ -90,12 +90,47 @@ void check_operand(const py::array& a, const char* name, py::ssize_t ndim, int64
     internal_error(std::string(name) + " is not contiguous in its last dim");
 }
 
+
 // The operands arrive as handles: the Python layer passes ndarrays, and checking that is cheaper
 // than pybind11's conversion (PyArray_FromAny per array), which a tiny call would feel.
 py::array as_array(py::handle h, const char* name) {
   if (!py::isinstance<py::array>(h)) internal_error(std::string(name) + " is not an ndarray");
   return py::reinterpret_borrow<py::array>(h);
 }
+
+// Query, key, value and output in kernel form, checked for what memory safety needs: one ndim
+// (`core_dims` trailing dims after the batch dims), one item size, contiguous last dims and a
+// C-contiguous output; with the batch shape (the output's leading dims) and each input's
+// per-batch element offsets. Used while a call is bound; it keeps no array beyond that.
+struct Operands {
+  py::array q, k, v, out;
+  int64_t itemsize = 0;
+  py::ssize_t ndim = 0;
+  std::vector<int64_t> batch_shape, q_off, k_off, v_off;
+  int64_t batch = 1;
+
+  Operands(py::handle q_handle, py::handle k_handle, py::handle v_handle, py::handle out_handle,
+           py::ssize_t core_dims, int64_t want_itemsize)
+      : q(as_array(q_handle, "query")), k(as_array(k_handle, "key")),
+        v(as_array(v_handle, "value")), out(as_array(out_handle, "out")) {
+    itemsize = want_itemsize ? want_itemsize : int64_t(out.itemsize());
+    ndim = out.ndim();
+    if (ndim < core_dims) internal_error("operands have too few dims");
+    for (auto [a, name] : {std::pair<py::array*, const char*>{&q, "query"}, {&k, "key"},
+                           {&v, "value"}, {&out, "out"}})
+      check_operand(*a, name, ndim, itemsize);
+    if (!(out.flags() & py::array::c_style)) internal_error("out is not C-contiguous");
+    batch_shape.assign(out.shape(), out.shape() + (ndim - core_dims));
+    for (int64_t n : batch_shape) batch *= n;
+    q_off = batch_offsets(q, batch_shape, itemsize);
+    k_off = batch_offsets(k, batch_shape, itemsize);
+    v_off = batch_offsets(v, batch_shape, itemsize);
+  }
+  // Element stride of a's dim `from_end` dims before its end.
+  int64_t stride(const py::array& a, py::ssize_t from_end) const {
+    return elem_stride(a, ndim - from_end, itemsize);
+  }
+};
 
 // One call's kernel parameters with the storage they point into (per-batch offsets, kv lengths)
 // and references that keep the mask and lengths alive. Built from operands in kernel form.
@@ -111,26 +146,18 @@ struct BoundCall {
   BoundCall(py::handle q_handle, py::handle k_handle, py::handle v_handle, py::handle out_handle,
             py::handle lse, py::handle mask, py::handle kv_lengths, int dtype_code, double scale,
             int64_t diag, int64_t left, int64_t right) {
-    py::array q = as_array(q_handle, "query"), k = as_array(k_handle, "key");
-    py::array v = as_array(v_handle, "value"), out = as_array(out_handle, "out");
     if (dtype_code < 0 || dtype_code > 3) internal_error("unknown dtype code");
     const DType dtype = static_cast<DType>(dtype_code);
-    const int64_t itemsize = dtype_size(dtype);
-    const py::ssize_t ndim = out.ndim();
-    if (ndim < 3) internal_error("operands need at least 3 dims");
-    for (auto [a, name] : {std::pair<py::array*, const char*>{&q, "query"}, {&k, "key"},
-                           {&v, "value"}, {&out, "out"}})
-      check_operand(*a, name, ndim, itemsize);
-    if (!(out.flags() & py::array::c_style)) internal_error("out is not C-contiguous");
-
+    Operands ops(q_handle, k_handle, v_handle, out_handle, 3, dtype_size(dtype));
+    const py::array &q = ops.q, &k = ops.k, &v = ops.v;
+    const py::ssize_t ndim = ops.ndim;
+    const size_t nb = ops.batch_shape.size();
+    const std::vector<int64_t>& batch_shape = ops.batch_shape;
     p.dtype = dtype;
-    const size_t nb = size_t(ndim - 3);
-    const std::vector<int64_t> batch_shape(out.shape(), out.shape() + nb);
-    p.batch = 1;
-    for (int64_t n : batch_shape) p.batch *= n;
-    p.hq = out.shape(ndim - 3);
-    p.lq = out.shape(ndim - 2);
-    p.dv = out.shape(ndim - 1);
+    p.batch = ops.batch;
+    p.hq = ops.out.shape(ndim - 3);
+    p.lq = ops.out.shape(ndim - 2);
+    p.dv = ops.out.shape(ndim - 1);
     p.hkv = k.shape(ndim - 3);
     p.lk = k.shape(ndim - 2);
     p.d = q.shape(ndim - 1);
@@ -139,22 +166,22 @@ struct BoundCall {
         (p.hkv == 0 ? p.hq != 0 : p.hq % p.hkv != 0))
       internal_error("inconsistent shapes");
 
-    q_off = batch_offsets(q, batch_shape, itemsize);
-    k_off = batch_offsets(k, batch_shape, itemsize);
-    v_off = batch_offsets(v, batch_shape, itemsize);
+    q_off = std::move(ops.q_off);
+    k_off = std::move(ops.k_off);
+    v_off = std::move(ops.v_off);
     p.q = q.data();
     p.k = k.data();
     p.v = v.data();
-    p.out = out.mutable_data();
+    p.out = ops.out.mutable_data();
     p.q_batch_offset = q_off.data();
     p.k_batch_offset = k_off.data();
     p.v_batch_offset = v_off.data();
-    p.q_head_stride = elem_stride(q, ndim - 3, itemsize);
-    p.q_row_stride = elem_stride(q, ndim - 2, itemsize);
-    p.k_head_stride = elem_stride(k, ndim - 3, itemsize);
-    p.k_row_stride = elem_stride(k, ndim - 2, itemsize);
-    p.v_head_stride = elem_stride(v, ndim - 3, itemsize);
-    p.v_row_stride = elem_stride(v, ndim - 2, itemsize);
+    p.q_head_stride = ops.stride(q, 3);
+    p.q_row_stride = ops.stride(q, 2);
+    p.k_head_stride = ops.stride(k, 3);
+    p.k_row_stride = ops.stride(k, 2);
+    p.v_head_stride = ops.stride(v, 3);
+    p.v_row_stride = ops.stride(v, 2);
 
     const int64_t compute_size = dtype == DType::f64 ? 8 : 4;
     if (!lse.is_none()) {
@@ -306,26 +333,19 @@ py::str attention(py::handle q_handle, py::handle k_handle, py::handle v_handle,
                   py::handle out_handle, py::handle weights, py::handle mask, py::handle w,
                   int score_code, int act_code, double bias, int align_code) {
   using fastattn::AttentionParams;
-  py::array q = as_array(q_handle, "query"), k = as_array(k_handle, "keys");
-  py::array v = as_array(v_handle, "values"), out = as_array(out_handle, "out");
-  const int64_t itemsize = out.itemsize();
+  Operands ops(q_handle, k_handle, v_handle, out_handle, 2, 0);
+  const py::array &q = ops.q, &k = ops.k, &v = ops.v, &out = ops.out;
+  const int64_t itemsize = ops.itemsize;
+  const py::ssize_t ndim = ops.ndim;
   if (itemsize != 4 && itemsize != 8) internal_error("attention computes in float32 or float64");
-  const py::ssize_t ndim = out.ndim();
-  if (ndim < 2) internal_error("operands need at least 2 dims");
-  for (auto [a, name] : {std::pair<py::array*, const char*>{&q, "query"}, {&k, "keys"},
-                         {&v, "values"}, {&out, "out"}})
-    check_operand(*a, name, ndim, itemsize);
-  if (!(out.flags() & py::array::c_style)) internal_error("out is not C-contiguous");
   if (score_code < 0 || score_code > 2 || act_code < 0 || act_code > 3 || align_code < 0 ||
       align_code > 3)
     internal_error("unknown score, activation or alignment code");
 
   AttentionParams p;
   p.f64 = itemsize == 8;
-  const size_t nb = size_t(ndim - 2);
-  const std::vector<int64_t> batch_shape(out.shape(), out.shape() + nb);
-  p.batch = 1;
-  for (int64_t n : batch_shape) p.batch *= n;
+  const std::vector<int64_t>& batch_shape = ops.batch_shape;
+  p.batch = ops.batch;
   p.lq = out.shape(ndim - 2);
   p.dv = out.shape(ndim - 1);
   p.lk = k.shape(ndim - 2);
@@ -333,19 +353,16 @@ py::str attention(py::handle q_handle, py::handle k_handle, py::handle v_handle,
   if (q.shape(ndim - 2) != p.lq || k.shape(ndim - 1) != p.d || v.shape(ndim - 2) != p.lk ||
       v.shape(ndim - 1) != p.dv)
     internal_error("inconsistent shapes");
-  const std::vector<int64_t> q_off = batch_offsets(q, batch_shape, itemsize);
-  const std::vector<int64_t> k_off = batch_offsets(k, batch_shape, itemsize);
-  const std::vector<int64_t> v_off = batch_offsets(v, batch_shape, itemsize);
   p.q = q.data();
   p.k = k.data();
   p.v = v.data();
-  p.q_batch_offset = q_off.data();
-  p.k_batch_offset = k_off.data();
-  p.v_batch_offset = v_off.data();
-  p.q_row_stride = elem_stride(q, ndim - 2, itemsize);
-  p.k_row_stride = elem_stride(k, ndim - 2, itemsize);
-  p.v_row_stride = elem_stride(v, ndim - 2, itemsize);
-  p.out = out.mutable_data();
+  p.q_batch_offset = ops.q_off.data();
+  p.k_batch_offset = ops.k_off.data();
+  p.v_batch_offset = ops.v_off.data();
+  p.q_row_stride = ops.stride(q, 2);
+  p.k_row_stride = ops.stride(k, 2);
+  p.v_row_stride = ops.stride(v, 2);
+  p.out = ops.out.mutable_data();
   p.score = static_cast<fastattn::ScoreKind>(score_code);
   p.act = static_cast<fastattn::Activation>(act_code);
   p.bias = bias;
