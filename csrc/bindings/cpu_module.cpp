@@ -132,6 +132,33 @@ struct Operands {
   }
 };
 
+// A mask in kernel form: bool (1 byte, nonzero = attend) or additive in the compute type, with the
+// operands' ndim and each of its trailing dims 1 (broadcast) or the given size; with its per-batch
+// element offsets and the element strides of its trailing dims (0 where broadcast).
+struct MaskOperand {
+  py::array array;
+  MaskKind kind = MaskKind::none;
+  std::vector<int64_t> offsets;
+  std::vector<int64_t> strides;  // of the trailing dims, in order
+
+  MaskOperand(py::handle mask, const Operands& ops, int64_t compute_size,
+              const std::vector<int64_t>& trailing)
+      : array(as_array(mask, "mask")) {
+    const bool boolean = array.dtype().kind() == 'b';
+    const int64_t itemsize = boolean ? 1 : compute_size;
+    const py::ssize_t ndim = ops.ndim, first = ndim - py::ssize_t(trailing.size());
+    if (array.ndim() != ndim || array.itemsize() != itemsize)
+      internal_error("mask has the wrong ndim or dtype");
+    for (size_t i = 0; i < trailing.size(); ++i) {
+      const py::ssize_t n = array.shape(first + py::ssize_t(i));
+      if (n != 1 && n != trailing[i]) internal_error("mask does not broadcast to the scores");
+      strides.push_back(elem_stride(array, first + py::ssize_t(i), itemsize));
+    }
+    offsets = batch_offsets(array, ops.batch_shape, itemsize);
+    kind = boolean ? MaskKind::boolean : MaskKind::additive;
+  }
+};
+
 // One call's kernel parameters with the storage they point into (per-batch offsets, kv lengths)
 // and references that keep the mask and lengths alive. Built from operands in kernel form.
 struct BoundCall {
@@ -193,23 +220,15 @@ struct BoundCall {
     }
 
     if (!mask.is_none()) {
-      py::array mask_array = as_array(mask, "mask");
-      const bool boolean = mask_array.dtype().kind() == 'b';
-      const int64_t mask_itemsize = boolean ? 1 : compute_size;
-      if (mask_array.ndim() != ndim || mask_array.itemsize() != mask_itemsize)
-        internal_error("mask has the wrong ndim or dtype");
-      if ((mask_array.shape(ndim - 3) != 1 && mask_array.shape(ndim - 3) != p.hq) ||
-          (mask_array.shape(ndim - 2) != 1 && mask_array.shape(ndim - 2) != p.lq) ||
-          (mask_array.shape(ndim - 1) != 1 && mask_array.shape(ndim - 1) != p.lk))
-        internal_error("mask does not broadcast to (Hq, Lq, Lk)");
-      mask_off = batch_offsets(mask_array, batch_shape, mask_itemsize);
-      p.mask_kind = boolean ? MaskKind::boolean : MaskKind::additive;
-      p.mask = mask_array.data();
+      MaskOperand m(mask, ops, compute_size, {p.hq, p.lq, p.lk});
+      mask_off = std::move(m.offsets);
+      p.mask_kind = m.kind;
+      p.mask = m.array.data();
       p.mask_batch_offset = mask_off.data();
-      p.mask_head_stride = elem_stride(mask_array, ndim - 3, mask_itemsize);
-      p.mask_row_stride = elem_stride(mask_array, ndim - 2, mask_itemsize);
-      p.mask_col_stride = elem_stride(mask_array, ndim - 1, mask_itemsize);
-      mask_ref = mask_array;
+      p.mask_head_stride = m.strides[0];
+      p.mask_row_stride = m.strides[1];
+      p.mask_col_stride = m.strides[2];
+      mask_ref = m.array;
     }
 
     if (!kv_lengths.is_none()) {
@@ -344,7 +363,6 @@ py::str attention(py::handle q_handle, py::handle k_handle, py::handle v_handle,
 
   AttentionParams p;
   p.f64 = itemsize == 8;
-  const std::vector<int64_t>& batch_shape = ops.batch_shape;
   p.batch = ops.batch;
   p.lq = out.shape(ndim - 2);
   p.dv = out.shape(ndim - 1);
@@ -368,7 +386,7 @@ py::str attention(py::handle q_handle, py::handle k_handle, py::handle v_handle,
   p.bias = bias;
   p.align = static_cast<fastattn::AlignKind>(align_code);
 
-  py::array w_array, weights_array, mask_array;
+  py::array w_array, weights_array;
   if (p.score == fastattn::ScoreKind::additive) {
     w_array = as_array(w, "w");
     if (w_array.ndim() != 1 || w_array.shape(0) != p.d || w_array.itemsize() != itemsize ||
@@ -383,21 +401,14 @@ py::str attention(py::handle q_handle, py::handle k_handle, py::handle v_handle,
       internal_error("weights has the wrong size, dtype or layout");
     p.weights = weights_array.mutable_data();
   }
-  std::vector<int64_t> mask_off;
+  std::unique_ptr<MaskOperand> m;
   if (!mask.is_none()) {
-    mask_array = as_array(mask, "mask");
-    const bool boolean = mask_array.dtype().kind() == 'b';
-    const int64_t mask_itemsize = boolean ? 1 : itemsize;
-    if (mask_array.ndim() != ndim || mask_array.itemsize() != mask_itemsize ||
-        (mask_array.shape(ndim - 2) != 1 && mask_array.shape(ndim - 2) != p.lq) ||
-        (mask_array.shape(ndim - 1) != 1 && mask_array.shape(ndim - 1) != p.lk))
-      internal_error("mask has the wrong ndim, dtype or shape");
-    mask_off = batch_offsets(mask_array, batch_shape, mask_itemsize);
-    p.mask_kind = boolean ? MaskKind::boolean : MaskKind::additive;
-    p.mask = mask_array.data();
-    p.mask_batch_offset = mask_off.data();
-    p.mask_row_stride = elem_stride(mask_array, ndim - 2, mask_itemsize);
-    p.mask_col_stride = elem_stride(mask_array, ndim - 1, mask_itemsize);
+    m = std::make_unique<MaskOperand>(mask, ops, itemsize, std::vector<int64_t>{p.lq, p.lk});
+    p.mask_kind = m->kind;
+    p.mask = m->array.data();
+    p.mask_batch_offset = m->offsets.data();
+    p.mask_row_stride = m->strides[0];
+    p.mask_col_stride = m->strides[1];
   }
   p.num_threads = fastattn::cpu::get_num_threads();
   const fastattn::cpu::Isa isa = fastattn::cpu::chosen_isa();
