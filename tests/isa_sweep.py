@@ -74,5 +74,42 @@ def main(isa, seed):
     print(f"OK {isa} {n} configurations")
 
 
+def attention_main(isa, seed):
+    """fastattn.attention on the forced ISA: every score x alignment x {float32, float64}, masked
+    and not, over the awkward configurations of test_attention, against the float64 reference;
+    plus the linear kernel behind the score transforms on sizes around the SIMD widths."""
+    from test_attention import ALIGN_NAMES, CONFIGS, SCORE_NAMES, check_attention, make_case
+
+    rng = np.random.default_rng(seed)
+    assert fastattn.backends()["cpu"]["isa"] == isa, fastattn.backends()
+    n = 0
+    for i, (score, align, dtype) in enumerate(itertools.product(SCORE_NAMES, ALIGN_NAMES, ["float32", "float64"])):
+        for variant, cfg in enumerate(CONFIGS[i % 2::2]):
+            mask_kind = ["none", "bool", "additive_inf"][(i + variant) % 3]
+            q, k, v, params, mask = make_case(rng, cfg, score, dtype, mask_kind, variant)
+            try:
+                check_attention(q, k, v, score=score, align=align, params=params, attn_mask=mask)
+                name = fastattn.last_kernel().split("/")
+                assert name[0] == "cpu" and name[1] == isa, fastattn.last_kernel()
+            except AssertionError as e:
+                raise AssertionError(f"[{isa}] {score}/{align}/{dtype} config {cfg} mask {mask_kind}: {e}") from e
+            n += 1
+    from fastattn import _cpu
+    for dt, tol in ((np.float32, 2e-6), (np.float64, 1e-13)):
+        for m, k, n_out in ((1, 1, 1), (7, 3, 9), (25, 17, 5), (65, 257, 33), (130, 64, 65)):
+            x = rng.standard_normal((m, 2 * k + 1)).astype(dt)[:, :k]  # rows 2k + 1 apart
+            w = rng.standard_normal((n_out, k)).astype(dt)
+            b = rng.standard_normal(n_out).astype(dt)
+            for bias in (None, b):
+                out = np.empty((m, n_out), dt)
+                kernel = _cpu.linear(x, w, bias, out)
+                assert kernel.split("/")[1] == isa, kernel
+                ref = x.astype(np.float64) @ w.T.astype(np.float64) + (0 if bias is None else bias)
+                scale = np.abs(x).astype(np.float64) @ np.abs(w.T).astype(np.float64) + 1
+                assert np.all(np.abs(out - ref) <= tol * scale), (dt, m, k, n_out, np.abs(out - ref).max())
+                n += 1
+    print(f"OK attention {isa} {n} configurations")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(sys.argv[1], int(sys.argv[2]))

@@ -31,6 +31,16 @@ def test_forced_isa_sweep(isa):
     assert f"OK {isa}" in r.stdout, _explain(r)
 
 
+@pytest.mark.parametrize("isa", AVAILABLE)
+def test_forced_isa_attention_sweep(isa):
+    seed = secrets.randbits(63)
+    print(f"seed {seed}")
+    r = run_python(f"import isa_sweep; isa_sweep.attention_main({isa!r}, {seed})", timeout=400,
+                   FASTATTN_CPU_ISA=isa)
+    assert r.returncode == 0, _explain(r)
+    assert f"OK attention {isa}" in r.stdout, _explain(r)
+
+
 def test_forced_isas_agree():
     # the same inputs through every available path give (nearly) the same answer
     code = (

@@ -421,6 +421,47 @@ py::str attention(py::handle q_handle, py::handle k_handle, py::handle v_handle,
                  (p.f64 ? "float64" : "float32"));
 }
 
+// y = x W^T + b: x (m, k) contiguous within rows, w (n, k) and out (m, n) C-contiguous, b None or
+// (n,) contiguous, all float32 or all float64. Returns the kernel's name.
+py::str linear(py::handle x_handle, py::handle w_handle, py::handle b_handle, py::handle out_handle) {
+  const py::array x = as_array(x_handle, "x"), w = as_array(w_handle, "w");
+  py::array out = as_array(out_handle, "out");
+  const int64_t itemsize = int64_t(out.itemsize());
+  if (itemsize != 4 && itemsize != 8) internal_error("linear computes in float32 or float64");
+  check_operand(x, "x", 2, itemsize);
+  check_operand(w, "w", 2, itemsize);
+  check_operand(out, "out", 2, itemsize);
+  if (!(w.flags() & py::array::c_style) || !(out.flags() & py::array::c_style))
+    internal_error("w and out must be C-contiguous");
+  fastattn::LinearParams p;
+  p.f64 = itemsize == 8;
+  p.m = x.shape(0);
+  p.k = x.shape(1);
+  p.n = w.shape(0);
+  if (w.shape(1) != p.k || out.shape(0) != p.m || out.shape(1) != p.n)
+    internal_error("inconsistent shapes");
+  py::array b;
+  if (!b_handle.is_none()) {
+    b = as_array(b_handle, "b");
+    check_operand(b, "b", 1, itemsize);
+    if (b.shape(0) != p.n) internal_error("b has the wrong size");
+    p.b = b.data();
+  }
+  p.x = x.data();
+  p.x_row_stride = elem_stride(x, 0, itemsize);
+  p.w = w.data();
+  p.y = out.mutable_data();
+  p.num_threads = fastattn::cpu::get_num_threads();
+  const fastattn::cpu::Isa isa = fastattn::cpu::chosen_isa();
+  const fastattn::cpu::LinearKernel kernel = fastattn::cpu::linear_kernel(isa);
+  {
+    py::gil_scoped_release release;
+    kernel(p);
+  }
+  return py::str(std::string("cpu/") + fastattn::cpu::isa_name(isa) + "/linear/" +
+                 (p.f64 ? "float64" : "float32"));
+}
+
 std::vector<std::string> names(const std::vector<fastattn::cpu::Isa>& isas) {
   std::vector<std::string> out;
   for (auto isa : isas) out.emplace_back(fastattn::cpu::isa_name(isa));
@@ -447,6 +488,9 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("act_code"), py::arg("bias"), py::arg("align_code"),
         "The general attention module on normalised operands; returns the kernel's name. "
         "Private: call fastattn.attention.");
+  m.def("linear", &linear, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("out"),
+        "y = x W^T + b on this library's threads; returns the kernel's name. Private: the general "
+        "attention module's score transforms.");
   m.def("isa", [] { return std::string(fastattn::cpu::isa_name(fastattn::cpu::chosen_isa())); },
         "The ISA the kernels run on; RuntimeError if FASTATTN_CPU_ISA forces one this CPU lacks.");
   m.def("compiled_isas", [] { return names(fastattn::cpu::compiled_isas()); });

@@ -111,24 +111,32 @@ struct AttentionPlan {
     for (int64_t i = 0; i < n * NR; i += W) activate<A>(V::load(s + i) + bias).store(s + i);
   }
 
-  // s_j = sum_a w[a] act(q[a] + k_j[a]) for n keys, four at a time so each query vector loaded
-  // serves four keys; the activation dominates the cost.
+  // s_j = sum_a w[a] act(q[a] + k_j[a]) for n keys, kKeys at a time: each query vector loaded
+  // serves kKeys keys, and the kKeys activations are independent chains the core can overlap (a
+  // runtime key count kept the accumulators on the stack and the chains serial, 3x slower). krows
+  // is padded with zero keys to a multiple of R, and st has rows up to lk_pad, so whole groups of
+  // kKeys are always safe to compute and store.
   template <Activation A>
   void additive_scores(const T* qt, const T* const* krows, int64_t n, T* s) const {
+    static_assert(R % kKeys == 0, "key groups must tile the padded key block");
     const T* w = static_cast<const T*>(p.w);
-    for (int64_t j = 0; j < n; j += 4) {
-      const int64_t u_end = min64(4, n - j);
+    for (int64_t j = 0; j < n; j += kKeys) {
+      const T* kr[kKeys];
+      for (int u = 0; u < kKeys; ++u) kr[u] = krows[j + u];
       for (int64_t c0 = 0; c0 < NR; c0 += W) {
-        V acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+        V acc[kKeys];
+        for (int u = 0; u < kKeys; ++u) acc[u] = V::zero();
         for (int64_t a = 0; a < p.d; ++a) {
           const V qa = V::load(qt + a * NR + c0), wa = V::set1(w[a]);
-          for (int64_t u = 0; u < u_end; ++u)
-            acc[u] = fma(wa, activate<A>(qa + V::set1(krows[j + u][a])), acc[u]);
+          V h[kKeys];
+          for (int u = 0; u < kKeys; ++u) h[u] = activate<A>(qa + V::set1(kr[u][a]));
+          for (int u = 0; u < kKeys; ++u) acc[u] = fma(wa, h[u], acc[u]);
         }
-        for (int64_t u = 0; u < u_end; ++u) acc[u].store(s + (j + u) * NR + c0);
+        for (int u = 0; u < kKeys; ++u) acc[u].store(s + (j + u) * NR + c0);
       }
     }
   }
+  static constexpr int kKeys = R >= 4 ? 4 : R;
 
   // A masked score becomes -inf by assignment (never by adding), so NaN or Inf in a masked key
   // cannot reach the query.

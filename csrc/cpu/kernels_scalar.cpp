@@ -15,6 +15,8 @@ struct Tuning {
 #include "cpu/kernels.h"
 #include "cpu/sdpa_kernel.h"
 #include "cpu/attention_kernel.h"
+#include "cpu/linear_kernel.h"
 
 void fastattn::cpu::sdpa_scalar(const SdpaParams& p) { fastattn::scalar::sdpa(p); }
 void fastattn::cpu::attention_scalar(const AttentionParams& p) { fastattn::scalar::attention(p); }
+void fastattn::cpu::linear_scalar(const LinearParams& p) { fastattn::scalar::linear(p); }

@@ -1,8 +1,8 @@
 """Checking the arguments of fastattn.attention and bringing them to score form, in one place.
 
 Every name, parameter, shape and dtype is checked here, with the offending names, shapes or values
-in the message. Then the score's cheap transforms are applied with NumPy's BLAS, so the kernels see
-score-form query and key rows:
+in the message. Then the score's cheap transforms are applied (the projections by the library's own linear kernel,
+on its own threads), so the kernels see score-form query and key rows:
 
 - dot: q, k as they are; scaled_dot: q / sqrt(dk); cosine: q / |q| and k / |k| (zero rows stay 0);
 - general: W q; biased_general: W q + b (all of these are dot products of the transformed rows);
@@ -17,7 +17,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import _dtypes
+from . import _cpu, _dtypes
 from ._sdpa_args import broadcast_batch, mask_operand
 
 SCORES = ("dot", "scaled_dot", "cosine", "general", "biased_general", "activated_general",
@@ -89,6 +89,20 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
+def _project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None) -> np.ndarray:
+    """x @ weight.T (+ bias) by fastattn's linear kernel, not NumPy's matmul: OpenBLAS's threads
+    spin for a while after each call and would take the cores from the attention kernel that runs
+    right after (csrc/cpu/linear_kernel.h)."""
+    m, n = math.prod(x.shape[:-1]), weight.shape[0]
+    x2 = x.reshape(m, x.shape[-1])
+    if x2.strides[-1] != x2.itemsize:
+        x2 = np.ascontiguousarray(x2)
+    out = np.empty(x.shape[:-1] + (n,), x.dtype)
+    b = None if bias is None else np.ascontiguousarray(bias)
+    _cpu.linear(x2, np.ascontiguousarray(weight), b, out.reshape(m, n))
+    return out
+
+
 def _kernel_form(a: np.ndarray, cdt: np.dtype, ndim: int) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=cdt) if a.dtype != cdt or a.strides[-1] != a.itemsize else a
     return a.reshape((1,) * (ndim - a.ndim) + a.shape)
@@ -135,11 +149,11 @@ def prepare(query, keys, values, score, align, params, attn_mask) -> AttentionCa
         q, k = _normalised(q), _normalised(k)
     elif score in ("general", "biased_general", "activated_general"):
         _shape_check(arrays["W"], (dk, dq), "W", "(dk, dq)")
-        q = q @ arrays["W"].T
-        if score == "biased_general":
+        biased = score == "biased_general"
+        if biased:
             _shape_check(arrays["b"], (dk,), "b", "(dk,)")
-            q = q + arrays["b"]
-        elif score == "activated_general":
+        q = _project(q, arrays["W"], arrays["b"] if biased else None)
+        if score == "activated_general":
             kind = ACTIVATED
             act = ACTIVATIONS[_name(params.get("act", "tanh"), "act", tuple(ACTIVATIONS))]
             if "b" in arrays:
@@ -155,11 +169,10 @@ def prepare(query, keys, values, score, align, params, attn_mask) -> AttentionCa
         da = w.shape[0]
         _shape_check(w_q, (da, dq), "W_q", "(da, dq)")
         _shape_check(w_k, (da, dk), "W_k", "(da, dk)")
-        q = q @ w_q.T
         if "b" in arrays:
             _shape_check(arrays["b"], (da,), "b", "(da,)")
-            q = q + arrays["b"]
-        k = k @ w_k.T
+        q = _project(q, w_q, arrays.get("b"))
+        k = _project(k, w_k)
         w = np.ascontiguousarray(w)
         kind, act = ADDITIVE, ACTIVATIONS[_name(params.get("act", "tanh"), "act", tuple(ACTIVATIONS))]
     if align == "hard" and cdt == np.float32 and lk > 1 << 24:
