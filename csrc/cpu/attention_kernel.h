@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <numeric>
 
 #include "cpu/simd_activation.h"
 #include "fastattn/attention_params.h"
@@ -27,6 +28,10 @@ struct AttentionPlan {
   static constexpr int R = Tuning::micro_rows, NV = Tuning::micro_vecs;
   static constexpr int64_t NR = int64_t(NV) * W;  // queries per work item
   static constexpr int64_t BN = round_up(Tuning::block_n, R);
+  // Additive scores take keys kKeys at a time; key blocks are padded with zero keys to kPad.
+  static constexpr int kKeys = 4;
+  static constexpr int64_t kPad = std::lcm(R, kKeys);
+  static_assert(BN % kPad == 0, "padded key groups must tile a key block");
   // Sparsemax's threshold: bisection steps before the exact solve on the support they find.
   static constexpr int kBisections = sizeof(T) == 8 ? 60 : 30;
 
@@ -81,7 +86,7 @@ struct AttentionPlan {
   void scores(int64_t b, const T* qt, T* st, const T* zero_row, const T** krows) const {
     const T* k = static_cast<const T*>(p.k) + p.k_batch_offset[b];
     for (int64_t j0 = 0; j0 < p.lk; j0 += BN) {
-      const int64_t n = min64(BN, p.lk - j0), n_pad = round_up(n, R);
+      const int64_t n = min64(BN, p.lk - j0), n_pad = min64(BN, round_up(n, kPad));
       for (int64_t j = 0; j < n_pad; ++j) krows[j] = j < n ? k + (j0 + j) * p.k_row_stride : zero_row;
       T* s = st + j0 * NR;
       if (p.score == ScoreKind::additive) {
@@ -118,7 +123,6 @@ struct AttentionPlan {
   // kKeys are always safe to compute and store.
   template <Activation A>
   void additive_scores(const T* qt, const T* const* krows, int64_t n, T* s) const {
-    static_assert(R % kKeys == 0, "key groups must tile the padded key block");
     const T* w = static_cast<const T*>(p.w);
     for (int64_t j = 0; j < n; j += kKeys) {
       const T* kr[kKeys];
@@ -136,7 +140,6 @@ struct AttentionPlan {
       }
     }
   }
-  static constexpr int kKeys = R >= 4 ? 4 : R;
 
   // A masked score becomes -inf by assignment (never by adding), so NaN or Inf in a masked key
   // cannot reach the query.
