@@ -112,7 +112,7 @@ def attention(
     ``b`` does not promote; float16 and bfloat16 are computed in float32).
 
     Paths: the dot-type scores (dot, scaled_dot, cosine, general, biased_general) are dot products
-    of transformed queries and keys (W q + b, q / sqrt(dk), q / |q| and k / |k|, by NumPy's BLAS);
+    of transformed queries and keys (W q + b by fastattn's linear kernel, q / sqrt(dk), q / |q|, k / |k|);
     with softmax and no weights asked for they run on the scaled_dot_product_attention kernel, and
     otherwise, like activated_general and additive, on the fused general-attention kernel, which
     keeps each query's whole row of scores (O(Lk) memory per query, as sparsemax and hard need).
