@@ -4,20 +4,25 @@
 
 #include "fastattn/attention_params.h"
 #include "fastattn/sdpa_params.h"
+#include "fastattn/vector_attention_params.h"
 
 namespace fastattn {
 namespace cpu {
 
 using SdpaKernel = void (*)(const SdpaParams&);
 using AttentionKernel = void (*)(const AttentionParams&);
+using VectorAttentionKernel = void (*)(const VectorAttentionParams&);
 
 void sdpa_scalar(const SdpaParams& p);
 void attention_scalar(const AttentionParams& p);
+void vector_attention_scalar(const VectorAttentionParams& p);
 #if FASTATTN_HAVE_X86
 void sdpa_avx2(const SdpaParams& p);
 void sdpa_avx512(const SdpaParams& p);
 void attention_avx2(const AttentionParams& p);
 void attention_avx512(const AttentionParams& p);
+void vector_attention_avx2(const VectorAttentionParams& p);
+void vector_attention_avx512(const VectorAttentionParams& p);
 #endif
 
 }  // namespace cpu
