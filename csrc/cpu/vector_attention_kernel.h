@@ -43,12 +43,14 @@ struct CallBuffer {
   CallBuffer& operator=(const CallBuffer&) = delete;
 };
 
-// out[r][0 : NV*W] = sum_x rows[r][x] * wt[x * ldw + 0 : NV*W], for R rows that each have their own
-// pointer: R broadcasts of a row element against NV vectors of the matrix row per step.
+// out[r][0 : NV*W] = sum_x rows[r][x] * wt[x * ldw + 0 : NV*W] (+ bias + bias_rows[r], then relu
+// if asked), for R rows that each have their own pointer: R broadcasts of a row element against NV
+// vectors of the matrix row per step. bias and bias_rows may be null.
 template <class V, int R, int NV>
 static inline void rows_times_micro(const typename V::T* const* rows, int64_t kdim,
                                     const typename V::T* wt, int64_t ldw, typename V::T* out,
-                                    int64_t ldo) {
+                                    int64_t ldo, const typename V::T* bias,
+                                    const typename V::T* const* bias_rows, int64_t col, bool relu) {
   constexpr int W = V::W;
   V acc[R][NV];
   for (int r = 0; r < R; ++r)
@@ -62,25 +64,45 @@ static inline void rows_times_micro(const typename V::T* const* rows, int64_t kd
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NV; ++c) acc[r][c].store(out + r * ldo + c * W);
+    for (int c = 0; c < NV; ++c) {
+      V y = acc[r][c];
+      if (bias) y = y + V::load(bias + col + c * W);
+      if (bias_rows) y = y + V::load(bias_rows[r] + col + c * W);
+      if (relu) y = max(V::zero(), y);  // max(0, NaN) keeps the NaN
+      y.store(out + r * ldo + c * W);
+    }
 }
 
-// out[t][0 : ncols] = rows[t][0 : kdim] . wt (kdim x ncols, leading dim ldw) for t < n; n a
-// multiple of 8, ncols a multiple of W. Column blocks of 3 vectors by 4 rows; a last block of 2
-// vectors by 4 rows or 1 vector by 8 rows (hidden = groups = 8 on AVX2 is one vector wide).
+// out[t][0 : ncols] = rows[t][0 : kdim] . wt (kdim x ncols, leading dim ldw) + bias + bias_rows[t],
+// relu'd if asked, for t < n; n a multiple of 8, ncols a multiple of W. Column blocks of 3 vectors
+// by 4 rows; a last block of 2 vectors by 4 rows or 1 vector by 8 rows (the weight MLP's hidden
+// width and group count, 8 in Point Transformer v2, are one AVX2 vector).
 template <class V>
 static void rows_times(const typename V::T* const* rows, int64_t n, int64_t kdim,
                        const typename V::T* wt, int64_t ldw, int64_t ncols, typename V::T* out,
-                       int64_t ldo) {
+                       int64_t ldo, const typename V::T* bias = nullptr,
+                       const typename V::T* const* bias_rows = nullptr, bool relu = false) {
   constexpr int64_t W = V::W;
   int64_t col = 0;
+  const auto bias_at = [bias_rows](int64_t t) { return bias_rows ? bias_rows + t : nullptr; };
   for (; col + 3 * W <= ncols; col += 3 * W)
-    for (int64_t t = 0; t < n; t += 4) rows_times_micro<V, 4, 3>(rows + t, kdim, wt + col, ldw, out + t * ldo + col, ldo);
+    for (int64_t t = 0; t < n; t += 4)
+      rows_times_micro<V, 4, 3>(rows + t, kdim, wt + col, ldw, out + t * ldo + col, ldo, bias, bias_at(t), col, relu);
   if (ncols - col == 2 * W) {
-    for (int64_t t = 0; t < n; t += 4) rows_times_micro<V, 4, 2>(rows + t, kdim, wt + col, ldw, out + t * ldo + col, ldo);
+    for (int64_t t = 0; t < n; t += 4)
+      rows_times_micro<V, 4, 2>(rows + t, kdim, wt + col, ldw, out + t * ldo + col, ldo, bias, bias_at(t), col, relu);
   } else if (ncols - col == W) {
-    for (int64_t t = 0; t < n; t += 8) rows_times_micro<V, 8, 1>(rows + t, kdim, wt + col, ldw, out + t * ldo + col, ldo);
+    for (int64_t t = 0; t < n; t += 8)
+      rows_times_micro<V, 8, 1>(rows + t, kdim, wt + col, ldw, out + t * ldo + col, ldo, bias, bias_at(t), col, relu);
   }
+}
+
+static inline void prefetch_line(const void* address) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(address);
+#else
+  (void)address;
+#endif
 }
 
 template <class T>
@@ -221,11 +243,8 @@ struct VectorAttentionPlan {
                      : static_cast<const T*>(p.q) + p.q_batch_offset[b] + j * p.q_row_stride;
     }
     T* dst = proj.ptr + ((keys ? pq_rows : 0) + r0) * hpad;
-    rows_times<V>(rows, kProjRows, p.c, w1t, hpad, hpad, dst, hpad);
-    if (!keys) {
-      for (int64_t r = 0; r < kProjRows; ++r)
-        for (int64_t x = 0; x < hpad; x += W) (V::load(dst + r * hpad + x) + V::load(b1 + x)).store(dst + r * hpad + x);
-    } else if (p.relation == Relation::subtract) {
+    rows_times<V>(rows, kProjRows, p.c, w1t, hpad, hpad, dst, hpad, keys ? nullptr : b1);
+    if (keys && p.relation == Relation::subtract) {
       for (int64_t i = 0; i < kProjRows * hpad; i += W) (V::zero() - V::load(dst + i)).store(dst + i);
     }
   }
@@ -244,10 +263,33 @@ struct VectorAttentionPlan {
     T* zero = scratch + off_zero;
     for (int64_t x = 0; x < max64(cpad, max64(hpad, gs)) + W; ++x) zero[x] = T(0);
     for (int64_t i = i0; i < min64(p.lq, i0 + qb); ++i) {
+      prefetch_rows(i + 1);
       if (has_pos)
         run_query<true>(b, i, scratch);
       else
         run_query<false>(b, i, scratch);
+    }
+  }
+
+  // Neighbour form: the key/value rows of a query are scattered; asking for the next query's rows
+  // while this one computes hides most of the memory latency (pos rows are read in order, which
+  // the hardware prefetcher sees by itself).
+  void prefetch_rows(int64_t i) const {
+    if (!p.index || i >= p.lq) return;
+    constexpr int64_t kLine = 64 / int64_t(sizeof(T));
+    const int64_t* index = p.index + i * p.lk;
+    const T* k = static_cast<const T*>(p.k);
+    const T* v = static_cast<const T*>(p.v);
+    const T* pk = project ? proj.ptr + pq_rows * hpad : nullptr;
+    for (int64_t s = 0; s < min64(p.lk, ts); ++s) {
+      const int64_t j = index[s];
+      if (j < 0) continue;
+      for (int64_t c = 0; c < p.c; c += kLine) prefetch_line(v + j * p.v_row_stride + c);
+      if (project) {
+        for (int64_t x = 0; x < hpad; x += kLine) prefetch_line(pk + j * hpad + x);
+      } else {
+        for (int64_t c = 0; c < p.c; c += kLine) prefetch_line(k + j * p.k_row_stride + c);
+      }
     }
   }
 
@@ -344,16 +386,56 @@ struct VectorAttentionPlan {
       T* r = dst + t * ld;
       int64_t c = 0;
       for (; c < c_full; c += W) {
-        const V a = V::load(q + c), bk = V::load(k + c);
-        V x = p.relation == Relation::subtract ? a - bk : p.relation == Relation::add ? a + bk : a * bk;
+        V x = relate(p.relation, V::load(q + c), V::load(k + c));
         if (kPos) x = x + V::load(d + c);
         x.store(r + c);
       }
       for (; c < p.c; ++c) {
-        T x = p.relation == Relation::subtract ? q[c] - k[c] : p.relation == Relation::add ? q[c] + k[c] : q[c] * k[c];
+        const T x = relate(p.relation, q[c], k[c]);
         r[c] = kPos ? x + d[c] : x;
       }
     }
+  }
+
+  static inline V relate(Relation relation, V a, V b) {
+    return relation == Relation::subtract ? a - b : relation == Relation::add ? a + b : a * b;
+  }
+  static inline T relate(Relation relation, T a, T b) {
+    return relation == Relation::subtract ? a - b : relation == Relation::add ? a + b : a * b;
+  }
+
+  // u[g] = log2 e * (sum of r = q op k (+ delta) over group g's channels), vector by vector: a
+  // vector whose lanes share one group adds its lane sum (runs of them, as blocked sharing makes,
+  // are summed first), W consecutive groups add lane-wise, anything else lane by lane.
+  template <bool kPos>
+  void group_sums(const T* q, const T* k, const T* d, T* u) const {
+    for (int64_t g = 0; g < gs; ++g) u[g] = T(0);
+    V run = V::zero();
+    int64_t run_group = -1;
+    for (int64_t kv = 0; kv < nvec; ++kv) {
+      const int64_t c = kv * W;
+      V x = relate(p.relation, V::load(q + c), V::load(k + c));
+      if (kPos) x = x + V::load(d + c);
+      if (kind[kv] == kBroadcast) {
+        if (g0[kv] != run_group) {
+          if (run_group >= 0) u[run_group] += run.reduce_add();
+          run = x;
+          run_group = g0[kv];
+        } else {
+          run = run + x;
+        }
+      } else if (kind[kv] == kContiguous) {
+        (V::load(u + g0[kv]) + x).store(u + g0[kv]);
+      } else {
+        T lanes[W];
+        x.store(lanes);
+        for (int64_t l = 0; l < W; ++l) u[gmap[c + l]] += lanes[l];
+      }
+    }
+    if (run_group >= 0) u[run_group] += run.reduce_add();
+    for (int64_t c = c_full; c < p.c; ++c) u[gmap[c]] += kPos ? relate(p.relation, q[c], k[c]) + d[c] : relate(p.relation, q[c], k[c]);
+    const V log2e = V::set1(T(kLog2e));
+    for (int64_t g = 0; g < gs; g += W) (V::load(u + g) * log2e).store(u + g);
   }
 
   // Base-2 weight logits of the tile into utile (npad x gs); masked candidates get -inf.
@@ -367,27 +449,22 @@ struct VectorAttentionPlan {
     T* u = scratch + off_u;
     if (mlp) {
       if (project) {
-        // h = W1 delta + (W1 q + b1) +- W1 k
-        if (kPos)
-          rows_times<V>(prows, npad, p.c, w1t, hpad, hpad, htile, hpad);
+        // h = relu(W1 delta + (W1 q + b1) +- W1 k)
         const T* pq = proj.ptr + (b * p.lq + i) * hpad;
-        for (int64_t t = 0; t < npad; ++t)
-          for (int64_t x = 0; x < hpad; x += W) {
-            const V h = V::load(pq + x) + V::load(pkrows[t] + x);
-            max(V::zero(), kPos ? h + V::load(htile + t * hpad + x) : h).store(htile + t * hpad + x);
-          }
+        if (kPos) {
+          rows_times<V>(prows, npad, p.c, w1t, hpad, hpad, htile, hpad, pq, pkrows, true);
+        } else {
+          for (int64_t t = 0; t < npad; ++t)
+            for (int64_t x = 0; x < hpad; x += W)
+              max(V::zero(), V::load(pq + x) + V::load(pkrows[t] + x)).store(htile + t * hpad + x);
+        }
       } else {
         relation_rows<kPos>(q, npad, krows, prows, rtile, cpad);
         for (int64_t t = 0; t < npad; ++t) arows[t] = rtile + t * cpad;
-        rows_times<V>(arows, npad, p.c, w1t, hpad, hpad, htile, hpad);
-        for (int64_t t = 0; t < npad; ++t)
-          for (int64_t x = 0; x < hpad; x += W)
-            max(V::zero(), V::load(htile + t * hpad + x) + V::load(b1 + x)).store(htile + t * hpad + x);
+        rows_times<V>(arows, npad, p.c, w1t, hpad, hpad, htile, hpad, b1, nullptr, true);
       }
       for (int64_t t = 0; t < npad; ++t) arows[t] = htile + t * hpad;
-      rows_times<V>(arows, npad, p.hidden, w2t, gs, gs, u, gs);
-      for (int64_t t = 0; t < npad; ++t)
-        for (int64_t g = 0; g < gs; g += W) (V::load(u + t * gs + g) + V::load(b2 + g)).store(u + t * gs + g);
+      rows_times<V>(arows, npad, p.hidden, w2t, gs, gs, u, gs, b2);
     } else if (p.groups == p.c) {
       // One channel per group: the weights are the relation itself (gs == cpad).
       relation_rows<kPos>(q, npad, krows, prows, u, gs);
@@ -397,14 +474,7 @@ struct VectorAttentionPlan {
         for (int64_t g = 0; g < gs; g += W) (V::load(u + t * gs + g) * log2e).store(u + t * gs + g);
       }
     } else {
-      relation_rows<kPos>(q, npad, krows, prows, rtile, cpad);
-      for (int64_t t = 0; t < npad; ++t) {
-        T* ut = u + t * gs;
-        const T* r = rtile + t * cpad;
-        for (int64_t g = 0; g < gs; ++g) ut[g] = T(0);
-        for (int64_t c = 0; c < p.c; ++c) ut[gmap[c]] += r[c];
-        for (int64_t g = 0; g < gs; ++g) ut[g] *= T(kLog2e);
-      }
+      for (int64_t t = 0; t < npad; ++t) group_sums<kPos>(q, krows[t], prows[t], u + t * gs);
     }
     for (int64_t t = 0; t < npad; ++t) {
       T* ut = u + t * gs;
