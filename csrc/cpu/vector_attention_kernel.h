@@ -562,13 +562,21 @@ struct VectorAttentionPlan {
   template <bool kPos, int kKind>
   void aggregate_vector(const T* e, int64_t n, const T* const* vrows, const T* const* prows, T* acc,
                         int64_t k, T* tmp) const {
+    // Four partial sums, so consecutive candidates do not wait on each other's FMA latency.
     const int64_t c0 = k * W;
-    V a = V::load(acc + c0);
-    for (int64_t t = 0; t < n; ++t) {
+    V a[4] = {V::load(acc + c0), V::zero(), V::zero(), V::zero()};
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4)
+      for (int u = 0; u < 4; ++u) {
+        const T* vrow = vrows[t + u] + c0;
+        const V x = kPos ? V::load(vrow) + V::load(prows[t + u] + c0) : V::load(vrow);
+        a[u] = fma(expand<kKind>(e + (t + u) * gs, k, tmp), x, a[u]);
+      }
+    for (; t < n; ++t) {
       const V x = kPos ? V::load(vrows[t] + c0) + V::load(prows[t] + c0) : V::load(vrows[t] + c0);
-      a = fma(expand<kKind>(e + t * gs, k, tmp), x, a);
+      a[0] = fma(expand<kKind>(e + t * gs, k, tmp), x, a[0]);
     }
-    a.store(acc + c0);
+    ((a[0] + a[1]) + (a[2] + a[3])).store(acc + c0);
   }
 
   // out = acc / l per group (0 where no key was visible); weights = 2^(logit - max) / l.
