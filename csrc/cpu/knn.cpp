@@ -104,7 +104,10 @@ struct Best {
   }
 };
 
-void search(const Tree& tree, int64_t node_id, const double* q, Best& best) {
+// rd: squared distance from q to the node's cell, as far as the splits on the way down bound it;
+// off[x]: q's offset from the cell along x (0 inside). Going to the far child replaces one term
+// (Arya and Mount's incremental distance), which prunes far better than the plane alone.
+void search(const Tree& tree, int64_t node_id, const double* q, double rd, double* off, Best& best) {
   const Node& node = tree.nodes[size_t(node_id)];
   if (node.left < 0) {
     const int64_t d = tree.d;
@@ -117,8 +120,14 @@ void search(const Tree& tree, int64_t node_id, const double* q, Best& best) {
     return;
   }
   const double diff = q[node.dim] - node.split;
-  search(tree, diff < 0 ? node.left : node.right, q, best);
-  if (diff * diff <= best.worst()) search(tree, diff < 0 ? node.right : node.left, q, best);
+  search(tree, diff < 0 ? node.left : node.right, q, rd, off, best);
+  const double old = off[node.dim];
+  const double far_rd = rd - old * old + diff * diff;
+  if (far_rd <= best.worst()) {  // equal distance is visited: a tie there may have a lower index
+    off[node.dim] = diff;
+    search(tree, diff < 0 ? node.right : node.left, q, far_rd, off, best);
+    off[node.dim] = old;
+  }
 }
 
 std::vector<double> as_double(const void* data, bool f64, int64_t count) {
@@ -140,17 +149,21 @@ void knn(const KnnParams& p) {
       p.queries == p.points ? points : as_double(p.queries, p.f64, p.nq * p.d);
   const Tree tree(points.data(), p.n, p.d);
   const int64_t found = std::min(p.k, p.n);
+  const bool self = p.queries == p.points;
   const bool parallel = p.num_threads > 1 && p.nq * (found + 1) > 4096;
   int failed = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(parallel ? p.num_threads : 1)
 #endif
   {
-    double* dist = new (std::nothrow) double[size_t(std::max<int64_t>(found, 1))];
+    double* dist = new (std::nothrow) double[size_t(std::max<int64_t>(found, 1) + p.d)];
+    double* off = dist + std::max<int64_t>(found, 1);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 256)
 #endif
-    for (int64_t i = 0; i < p.nq; ++i) {
+    for (int64_t at = 0; at < p.nq; ++at) {
+      // The points as their own queries go in tree order: consecutive searches visit the same leaves.
+      const int64_t i = self ? tree.ids[size_t(at)] : at;
       int64_t* row = p.index + i * p.k;
       if (!dist) {
 #ifdef _OPENMP
@@ -160,7 +173,8 @@ void knn(const KnnParams& p) {
         continue;
       }
       Best best{found, 0, dist, row};
-      if (found > 0) search(tree, 0, &queries[size_t(i * p.d)], best);
+      for (int64_t x = 0; x < p.d; ++x) off[x] = 0.0;
+      if (found > 0) search(tree, 0, &queries[size_t(i * p.d)], 0.0, off, best);
       for (int64_t j = found; j < p.k; ++j) row[j] = -1;
     }
     delete[] dist;
