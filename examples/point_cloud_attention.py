@@ -140,7 +140,7 @@ def plot(path, points, index, out, weights, channels, groups):
     ax.set_title(f"point {query}'s neighbours: weights of group {group}", fontsize=9)
     fig.colorbar(sc, ax=ax, shrink=0.6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     print(f"wrote {path}")
 
 
