@@ -8,6 +8,7 @@ from ._backend import (
     use_backend,
 )
 from .functional import attention, output_layer, scaled_dot_product_attention
+from .vector import knn, vector_attention
 
 __version__ = "0.1.0"
 
@@ -15,9 +16,11 @@ __all__ = [
     "attention",
     "backends",
     "get_num_threads",
+    "knn",
     "last_kernel",
     "output_layer",
     "scaled_dot_product_attention",
     "set_num_threads",
     "use_backend",
+    "vector_attention",
 ]
