@@ -151,6 +151,29 @@ def test_ptv2_shape_and_threads(rng, dtype, restore_threads):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("s", [3, 16, 130])
+def test_tiled_weight_mlp_path(rng, s):
+    # The float32 path for hidden and group counts of at most one vector: short neighbour lists
+    # packed several queries to a tile (126 pairs for S=3, not a multiple of 8), S=16 (PTv2), and a
+    # list longer than a tile (S=130: split, the softmax rescaled across the pieces); missing
+    # neighbours, queries with none, both sharings and both linear relations, with weights.
+    n, m, c = 61, 40, 32
+    q, k, v = (rounded(rng.standard_normal((rows, c)), np.float32) for rows in (n, m, m))
+    pos = rounded(rng.standard_normal((n, s, c)), np.float32)
+    index = rng.integers(-1, m, (n, s))
+    index[[0, 17, 60]] = -1
+    for relation, sharing, (hidden, groups) in itertools.product(("subtract", "add"), SHARINGS, [(8, 8), (3, 4)]):
+        mlp = mlp_for(rng, c, groups, hidden, np.float32)
+        kw = dict(index=index, relation=relation, sharing=sharing)
+        out, weights = fastattn.vector_attention(q[0], k[0], v[0], pos=pos[0], weight_mlp=mlp[0],
+                                                 return_weights=True, **kw)
+        ref, ref_w = vector_attention_reference(q[1], k[1], v[1], pos=pos[1], weight_mlp=mlp[1], **kw)
+        what = f"S={s} {relation} {sharing} hidden={hidden} G={groups}"
+        check(out, ref, np.float32, what)
+        np.testing.assert_allclose(weights, ref_w, atol=TOLERANCE[np.dtype(np.float32)] * 4, err_msg=what)
+        assert (out[[0, 17, 60]] == 0).all()
+
+
 @pytest.mark.parametrize("with_mlp", [False, True], ids=["nomlp", "mlp"])
 def test_long_dense_rows_additive_mask(rng, with_mlp):
     # Lk = 150 > the 64-key tile: the per-group online softmax rescales across tiles; an additive

@@ -9,6 +9,13 @@
 //   acc[c] += a_tg(c) (v_t[c] + delta_t[c]), reading v and delta rows where they lie.
 // No (N, S, C) temporary: a tile of at most kTile rows per thread.
 //
+// The fast path (weight MLP with a linear relation, hidden units and groups each fitting one
+// vector: PTv2's 64->8->8 on AVX2 float32) works on tiles of up to kPairTile pairs that pack whole
+// queries' candidate lists: W1 delta for 8 pairs at a time as 8 accumulator registers (8 FMAs per
+// load of a W1^T row, delta broadcast), then W2, then each query's vertical online softmax and its
+// aggregation with 8 channel vectors of the accumulator held in registers. The phases run over
+// the whole tile in turn, so no phase reads single lanes of vectors the previous one just stored.
+//
 // With the MLP and a linear relation (subtract, add), W1 r + b1 = (W1 q_i + b1) +- W1 k_j + W1 delta
 // is split: W1 q + b1 and +-W1 k are computed once per row before the pairs (an (N + M) x hidden
 // buffer), so each pair costs W1 delta (or nothing without pos) and never forms r.
@@ -105,19 +112,44 @@ static inline void prefetch_line(const void* address) {
 #endif
 }
 
+// The per-row projections live in a block kept by the calling thread between calls (up to 64 MB;
+// larger ones are allocated per call): a fresh multi-megabyte block per call would cost a page
+// fault per 4 KB, about as long as computing it.
+static thread_local ScratchArena vector_proj_arena;
+
+template <class T>
+struct ProjBuffer {
+  T* ptr = nullptr;
+  void* owned = nullptr;
+  explicit ProjBuffer(int64_t n) {
+    const size_t bytes = size_t(round_up(max64(n, 1) * int64_t(sizeof(T)), 64));
+    if (bytes <= (size_t(64) << 20)) {
+      ptr = static_cast<T*>(vector_proj_arena.get(bytes));
+    } else {
+      owned = std::aligned_alloc(64, bytes);
+      ptr = static_cast<T*>(owned);
+    }
+    if (!ptr) throw std::bad_alloc();
+  }
+  ~ProjBuffer() { std::free(owned); }
+  ProjBuffer(const ProjBuffer&) = delete;
+  ProjBuffer& operator=(const ProjBuffer&) = delete;
+};
+
 template <class T>
 struct VectorAttentionPlan {
   using V = typename VecOf<T>::type;
   static constexpr int64_t W = V::W;
   static constexpr int64_t kTile = 64;  // candidate keys per tile, a multiple of 8
   static constexpr int64_t kProjRows = 64;
+  static constexpr int64_t kPairTile = 128;  // pairs per tile of the fast path, a multiple of 8
   // How the W channels of one vector find their weight group: all one group (a broadcast), W
   // consecutive groups (a load), or anything else (gathered lane by lane).
   enum Expand : int { kBroadcast = 0, kContiguous = 1, kGathered = 2 };
 
   const VectorAttentionParams& p;
-  bool mlp, project, has_pos;
-  int64_t ts, c_full, nvec, cpad, hpad, gs;
+  bool mlp, project, has_pos, fast;
+  int64_t ts, tcap, c_full, nvec, cpad, hpad, gs;
   // Constants: group of each channel, expand kind and first group of each channel vector.
   CallBuffer<int64_t> ints;
   const int64_t *gmap, *kind, *g0;
@@ -126,9 +158,9 @@ struct VectorAttentionPlan {
   const T *w1t, *b1, *w2t, *b2;
   // project: W1 q + b1 per query row (batch * lq rows), then +-W1 k per key row, hpad apart.
   int64_t pq_rows, pk_rows;
-  CallBuffer<T> proj;
+  ProjBuffer<T> proj;
   // Scratch layout (elements of T, then pointer arrays).
-  int64_t off_h, off_u, off_acc, off_m, off_ms, off_l, off_sc, off_tmp, off_madd, off_zero, scratch_elems;
+  int64_t off_h, off_u, off_acc, off_m, off_ms, off_l, off_sc, off_tmp, off_madd, off_zero, off_qs, scratch_elems;
   size_t scratch_bytes;
 
   explicit VectorAttentionPlan(const VectorAttentionParams& params)
@@ -147,21 +179,27 @@ struct VectorAttentionPlan {
     pk_rows = round_up(p.batch * p.key_rows, kProjRows);
     setup_groups();
     if (mlp) setup_mlp();
+    // The fast path: the hidden units and the groups fit one vector each (Point Transformer v2's
+    // 8 and 8 on AVX2 float32), so a pair's hidden row and its weight row are one register each.
+    fast = project && hpad == W && gs == W;
+    tcap = fast ? kPairTile + 8 : ts;  // rows of the tile arrays
 
-    // rtile (ts x cpad) | htile (ts x hpad) | utile (ts x gs) | acc (cpad) | m, ms, l, sc (gs) | tmp (W)
-    // | madd (ts) | zero row | pointer arrays (5 x ts)
+    // rtile (ts x cpad) | htile (tcap x hpad) | utile (tcap x gs) | acc (cpad) | m, ms, l, sc (gs) |
+    // tmp (2 W) | madd (tcap) | zero row | fast path's softmax states (kPairTile x 4 W) | pointer
+    // arrays (5 x tcap)
     off_h = ts * cpad;
-    off_u = off_h + ts * hpad;
-    off_acc = off_u + ts * gs;
+    off_u = off_h + tcap * hpad;
+    off_acc = off_u + tcap * gs;
     off_m = off_acc + cpad;
     off_ms = off_m + gs;
     off_l = off_ms + gs;
     off_sc = off_l + gs;
     off_tmp = off_sc + gs;
-    off_madd = off_tmp + W;
-    off_zero = off_madd + ts;
-    scratch_elems = round_up(off_zero + max64(cpad, max64(hpad, gs)) + W, 16);
-    scratch_bytes = size_t(scratch_elems) * sizeof(T) + 5 * size_t(ts) * sizeof(const T*);
+    off_madd = off_tmp + 2 * W;
+    off_zero = off_madd + tcap;
+    off_qs = off_zero + max64(cpad, max64(hpad, gs)) + W;  // fast path: softmax state per query of a tile
+    scratch_elems = round_up(off_qs + (fast ? 4 * W * kPairTile : 0), 16);
+    scratch_bytes = size_t(scratch_elems) * sizeof(T) + 5 * size_t(tcap) * sizeof(const T*);
   }
 
   static int64_t const_elems(const VectorAttentionParams& p) {
@@ -262,12 +300,20 @@ struct VectorAttentionPlan {
     const int64_t b = item / nb, i0 = (item % nb) * qb;
     T* zero = scratch + off_zero;
     for (int64_t x = 0; x < max64(cpad, max64(hpad, gs)) + W; ++x) zero[x] = T(0);
+    if (fast) {
+      if (has_pos)
+        fast_item<true>(b, i0, min64(p.lq, i0 + qb), scratch);
+      else
+        fast_item<false>(b, i0, min64(p.lq, i0 + qb), scratch);
+      return;
+    }
     for (int64_t i = i0; i < min64(p.lq, i0 + qb); ++i) {
       prefetch_rows(i + 1);
-      if (has_pos)
+      if (has_pos) {
         run_query<true>(b, i, scratch);
-      else
+      } else {
         run_query<false>(b, i, scratch);
+      }
     }
   }
 
@@ -303,10 +349,10 @@ struct VectorAttentionPlan {
     T* madd = scratch + off_madd;
     const T* zero = scratch + off_zero;
     const T** krows = reinterpret_cast<const T**>(scratch + scratch_elems);
-    const T** vrows = krows + ts;
-    const T** prows = vrows + ts;
-    const T** pkrows = prows + ts;
-    const T** arows = pkrows + ts;
+    const T** vrows = krows + tcap;
+    const T** prows = vrows + tcap;
+    const T** pkrows = prows + tcap;
+    const T** arows = pkrows + tcap;
     const T* qrow = static_cast<const T*>(p.q) + p.q_batch_offset[b] + i * p.q_row_stride;
     const int64_t row = b * p.lq + i;
     T* wrow = p.weights ? static_cast<T*>(p.weights) + row * p.lk * p.groups : nullptr;
@@ -483,6 +529,244 @@ struct VectorAttentionPlan {
       } else if (p.mask_kind == MaskKind::additive) {
         for (int64_t g = 0; g < gs; ++g) ut[g] += madd[t];
       }
+    }
+  }
+
+
+  // ------------------------------------------------------------------ fast path (hpad == gs == W)
+  // Per tile of candidates: for 8 pairs at a time, the hidden rows h_t = relu((W1 q + b1) +- W1 k_t
+  // + W1 delta_t) are 8 accumulator registers (W1 delta_t as 8 broadcasts of delta_t[x] times row x
+  // of W1^T: 8 FMAs per W1^T load), and the logits u_t = W2 h_t + b2 8 more; the online softmax is
+  // vertical over the tile's rows (no horizontal reductions), and the aggregation keeps up to 8
+  // channel vectors of the accumulator in registers across the tile's pairs.
+  // h_t = relu((W1 q + b1) +- W1 k_t + W1 delta_t) for 8 pairs.
+  template <bool kPos>
+  void fast_hidden(const T* const* pqrows, const T* const* prows, const T* const* pkrows, T* h) const {
+    V a[8];
+    for (int r = 0; r < 8; ++r) a[r] = V::load(pqrows[r]) + V::load(pkrows[r]);
+    if (kPos) {
+      const T* pr[8];
+      for (int r = 0; r < 8; ++r) pr[r] = prows[r];
+      for (int64_t x = 0; x < p.c; ++x) {
+        const V w = V::load(w1t + x * W);
+        for (int r = 0; r < 8; ++r) a[r] = fma(V::set1(pr[r][x]), w, a[r]);
+      }
+    }
+    for (int r = 0; r < 8; ++r) max(V::zero(), a[r]).store(h + r * W);  // max(0, NaN) keeps the NaN
+  }
+
+  // u_t = W2 h_t + b2 (base 2) for 8 pairs.
+  void fast_logits(const T* h, T* u) const {
+    V a[8];
+    const V bias2 = V::load(b2);
+    for (int r = 0; r < 8; ++r) a[r] = bias2;
+    for (int64_t x = 0; x < p.hidden; ++x) {
+      const V w = V::load(w2t + x * W);
+      for (int r = 0; r < 8; ++r) a[r] = fma(V::set1(h[r * W + x]), w, a[r]);
+    }
+    for (int r = 0; r < 8; ++r) a[r].store(u + r * W);
+  }
+
+  // acc[k0 + kk] += sum_t e_t[group of vector k0 + kk] (v_t + delta_t)[k0 + kk], kk < NK, the NK
+  // accumulator vectors in registers across the tile.
+  template <bool kPos, int NK, int kKind>
+  void fast_aggregate(const T* e, int64_t n, const T* const* vrows, const T* const* prows, T* acc,
+                      int64_t k0, T* tmp) const {
+    V a[NK];
+    int64_t go[NK];
+    for (int kk = 0; kk < NK; ++kk) {
+      a[kk] = V::load(acc + (k0 + kk) * W);
+      go[kk] = g0[k0 + kk];
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      const T* vr = vrows[t] + k0 * W;
+      const T* pr = prows[t] + k0 * W;
+      const T* er = e + t * W;
+      for (int kk = 0; kk < NK; ++kk) {
+        const V x = kPos ? V::load(vr + kk * W) + V::load(pr + kk * W) : V::load(vr + kk * W);
+        V wt;
+        if (kKind == kBroadcast)
+          wt = V::set1(er[go[kk]]);
+        else if (kKind == kContiguous)
+          wt = V::load(er + go[kk]);
+        else
+          wt = expand<kGathered>(er, k0 + kk, tmp);
+        a[kk] = fma(wt, x, a[kk]);
+      }
+    }
+    for (int kk = 0; kk < NK; ++kk) a[kk].store(acc + (k0 + kk) * W);
+  }
+
+  template <bool kPos>
+  void fast_aggregate_all(const T* e, int64_t n, const T* const* vrows, const T* const* prows, T* acc,
+                          T* tmp) const {
+    int64_t k = 0;
+    for (; k + 8 <= nvec; k += 8) {
+      bool all_b = true, all_c = true;
+      for (int64_t kk = k; kk < k + 8; ++kk) {
+        all_b = all_b && kind[kk] == kBroadcast;
+        all_c = all_c && kind[kk] == kContiguous;
+      }
+      if (all_b)
+        fast_aggregate<kPos, 8, kBroadcast>(e, n, vrows, prows, acc, k, tmp);
+      else if (all_c)
+        fast_aggregate<kPos, 8, kContiguous>(e, n, vrows, prows, acc, k, tmp);
+      else
+        break;
+    }
+    for (; k < nvec; ++k) {
+      switch (kind[k]) {
+        case kBroadcast: fast_aggregate<kPos, 1, kBroadcast>(e, n, vrows, prows, acc, k, tmp); break;
+        case kContiguous: fast_aggregate<kPos, 1, kContiguous>(e, n, vrows, prows, acc, k, tmp); break;
+        default: fast_aggregate<kPos, 1, kGathered>(e, n, vrows, prows, acc, k, tmp); break;
+      }
+    }
+    for (int64_t c = c_full; c < p.c; ++c) {
+      const int64_t g = gmap[c];
+      T sum = acc[c];
+      for (int64_t t = 0; t < n; ++t) sum += e[t * W + g] * (kPos ? vrows[t][c] + prows[t][c] : vrows[t][c]);
+      acc[c] = sum;
+    }
+  }
+
+  // A tile of kPairTile pairs: whole queries' candidate lists when they are short (the neighbour
+  // form's S), else one query's candidates in chunks. Its hidden rows and logits are computed for
+  // all its pairs first (W1 delta streams the tile's delta rows, contiguous in memory, through a
+  // long FMA loop), then each query's softmax and aggregation run over its segment, re-reading
+  // delta from cache.
+  template <bool kPos>
+  void fast_item(int64_t b, int64_t i0, int64_t i1, T* scratch) const {
+    constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+    T* h = scratch + off_h;
+    T* u = scratch + off_u;
+    T* madd = scratch + off_madd;
+    const T* zero = scratch + off_zero;
+    const T** krows = reinterpret_cast<const T**>(scratch + scratch_elems);
+    const T** vrows = krows + tcap;
+    const T** prows = vrows + tcap;
+    const T** pkrows = prows + tcap;
+    const T** pqrows = pkrows + tcap;
+    int64_t visible[kPairTile];
+    const int64_t per = p.lk <= kPairTile ? kPairTile / p.lk : 1;  // queries per tile
+    const int64_t chunk = min64(p.lk, kPairTile);
+    for (int64_t iq = i0; iq < i1; iq += per) {
+      const int64_t nq = min64(per, i1 - iq);
+      for (int64_t s0 = 0; s0 < p.lk; s0 += chunk) {
+        const int64_t n = min64(chunk, p.lk - s0);
+        int64_t np = 0;
+        for (int64_t q = 0; q < nq; ++q, np += n) {
+          visible[q] = gather(b, iq + q, s0, n, n, zero, krows + np, vrows + np, prows + np, pkrows + np, madd + np);
+          const T* pq = proj.ptr + (b * p.lq + iq + q) * hpad;
+          for (int64_t t = 0; t < n; ++t) pqrows[np + t] = pq;
+        }
+        const int64_t npad = round_up(np, 8);
+        for (int64_t t = np; t < npad; ++t) krows[t] = vrows[t] = prows[t] = pkrows[t] = pqrows[t] = zero;
+        if (s0 + chunk >= p.lk) prefetch_tile(b, iq + nq, min64(per, i1 - iq - nq));
+        // Each phase runs over the whole tile before the next reads its results back: a
+        // broadcast load of one lane of a vector stored just before would wait for the store.
+        for (int64_t t = 0; t < npad; t += 8) fast_hidden<kPos>(pqrows + t, prows + t, pkrows + t, h + t * W);
+        for (int64_t t = 0; t < npad; t += 8) fast_logits(h + t * W, u + t * W);
+        for (int64_t t = 0; t < np; ++t) {
+          if (krows[t] == zero)
+            V::set1(neg_inf).store(u + t * W);
+          else if (p.mask_kind == MaskKind::additive)
+            (V::load(u + t * W) + V::set1(madd[t])).store(u + t * W);
+        }
+        for (int64_t q = 0; q < nq; ++q)
+          fast_softmax(b, iq + q, s0, n, u + q * n * W, visible[q], scratch + off_qs + q * 4 * W);
+        for (int64_t q = 0; q < nq; ++q)
+          fast_accumulate<kPos>(b, iq + q, s0, n, u + q * n * W, vrows + q * n, prows + q * n, visible[q],
+                                scratch + off_qs + q * 4 * W, scratch);
+      }
+    }
+  }
+
+  // Prefetch the key-projection and value rows of queries [i, i + nq) (neighbour form).
+  void prefetch_tile(int64_t b, int64_t i, int64_t nq) const {
+    if (!p.index || nq <= 0) return;
+    constexpr int64_t kLine = 64 / int64_t(sizeof(T));
+    const int64_t* index = p.index + i * p.lk;
+    const T* v = static_cast<const T*>(p.v);
+    const T* pk = proj.ptr + pq_rows * hpad;
+    for (int64_t s = 0; s < nq * p.lk; ++s) {
+      const int64_t j = index[s];
+      if (j < 0) continue;
+      for (int64_t c = 0; c < p.c; c += kLine) prefetch_line(v + j * p.v_row_stride + c);
+      prefetch_line(pk + j * hpad);
+    }
+  }
+
+  // Candidates [s0, s0 + n) of query i, part 1: their logits (e, n rows) fold into the query's
+  // online softmax state st (m, previous safe max, l, started flag; W each), started at s0 == 0,
+  // and become 2^(u - max); st's fourth row gets the accumulator's rescale factor.
+  void fast_softmax(int64_t b, int64_t i, int64_t s0, int64_t n, T* e, int64_t visible, T* st) const {
+    constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+    const V vneg_inf = V::set1(neg_inf);
+    T* m = st;
+    T* ms = st + W;
+    T* l = st + 2 * W;
+    // flags[0]: 0 before any visible candidate, 1 after, 2 when the accumulator must first be
+    // rescaled by the factor this call left in ms.
+    T* flags = st + 3 * W;
+    if (s0 == 0) {
+      vneg_inf.store(m);
+      V::zero().store(ms);
+      V::zero().store(l);
+      flags[0] = T(0);
+    }
+    if (p.weights) {
+      T* wrow = static_cast<T*>(p.weights) + (b * p.lq + i) * p.lk * p.groups;
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t g = 0; g < p.groups; ++g) wrow[(s0 + t) * p.groups + g] = e[t * W + g];
+    }
+    if (visible == 0) return;
+    const bool started = flags[0] != T(0);
+    V top = vneg_inf;
+    for (int64_t t = 0; t < n; ++t) top = max(top, V::load(e + t * W));
+    const V m_new = max(V::load(m), top);
+    const V safe = select_eq(m_new, vneg_inf, V::zero(), m_new);  // no visible key yet: any finite value
+    V sum = V::zero();
+    for (int64_t t = 0; t < n; ++t) {
+      const V x = vexp2(V::load(e + t * W) - safe);
+      x.store(e + t * W);
+      sum = sum + x;
+    }
+    V lg = V::load(l);
+    if (started) {
+      // The accumulator's rescale factor goes where ms was: fast_accumulate applies it, then
+      // restores ms from m's safe value.
+      const V factor = vexp2(V::load(ms) - safe);
+      lg = lg * factor;
+      factor.store(ms);
+    }
+    (lg + sum).store(l);
+    m_new.store(m);
+    flags[0] = started ? T(2) : T(1);  // 2: rescale the accumulator by the factor in ms first
+  }
+
+  // Part 2: acc += the segment's weights times (v + delta); the last segment writes the output.
+  template <bool kPos>
+  void fast_accumulate(int64_t b, int64_t i, int64_t s0, int64_t n, const T* e, const T* const* vrows,
+                       const T* const* prows, int64_t visible, T* st, T* scratch) const {
+    constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+    T* acc = scratch + off_acc;
+    T* tmp = scratch + off_tmp;
+    T* m = st;
+    T* ms = st + W;
+    T* flags = st + 3 * W;
+    if (s0 == 0)
+      for (int64_t c = 0; c < cpad; ++c) acc[c] = T(0);
+    if (visible > 0) {
+      if (flags[0] == T(2)) scale_acc(acc, ms, tmp);
+      const V vneg_inf = V::set1(neg_inf), mv = V::load(m);
+      select_eq(mv, vneg_inf, V::zero(), mv).store(ms);
+      flags[0] = T(1);
+      fast_aggregate_all<kPos>(e, n, vrows, prows, acc, tmp);
+    }
+    if (s0 + n >= p.lk) {
+      const int64_t row = b * p.lq + i;
+      T* wrow = p.weights ? static_cast<T*>(p.weights) + row * p.lk * p.groups : nullptr;
+      finish(row, acc, st + 2 * W, ms, wrow, tmp, tmp + W);
     }
   }
 
