@@ -1,7 +1,7 @@
 """Benchmark of fastattn.vector_attention (and fastattn.knn), float32, CPU.
 
     python bench/bench_vector_attention.py [--quick] [--threads N] [--repeats R] [--json PATH] [--markdown PATH]
-                                           [--order morton|random] [--no-torch]
+                                           [--order morton|random] [--no-torch] [--cpu-time]
 
 Cases:
 
@@ -53,6 +53,9 @@ def parse_args():
     p.add_argument("--markdown", metavar="PATH", help="write the table as markdown")
     p.add_argument("--order", choices=("morton", "random"), default="morton", help="point order in memory")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="with --threads 1: also report fastattn's thread CPU time (min of 7 calls), "
+                        "which a loaded machine disturbs much less than wall time")
     return p.parse_args()
 
 
@@ -122,6 +125,25 @@ def copy_rate() -> float:
         np.copyto(dst, src)
         times.append(time.perf_counter() - t0)
     return 2 * src.nbytes / float(np.median(times))
+
+
+def thread_cpu_ms(fn, repeats: int = 7) -> float:
+    """Min over calls of time.thread_time() around fn(): the CPU time of the calling thread (all
+    of the kernel's time when it runs on one thread)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - t0)
+    return best * 1e3
+
+
+def cpu_note(fn) -> str:
+    if not ARGS.cpu_time or THREADS != 1:
+        return ""
+    ms = thread_cpu_ms(fn)
+    print(f"   fastattn thread CPU time (min of 7): {ms:.2f} ms", flush=True)
+    return f"; thread CPU {ms:.2f} ms"
 
 
 def add_row(case, impl, times, *, check=None, kernel=None, floor=None, note=""):
@@ -233,7 +255,7 @@ def bench_layer(rate):
     kernel = fastattn.last_kernel()
     ref = peers[0]() if peers else None
     add_row(case, "fastattn", times["fastattn"], kernel=kernel, floor=floor,
-            check=None if ref is None else rel_err(out, ref), note=f"inputs {in_bytes / 1e6:.0f} MB")
+            check=None if ref is None else rel_err(out, ref), note=f"inputs {in_bytes / 1e6:.0f} MB" + cpu_note(fa))
     for peer in peers:
         add_row(case, peer.name, times[peer.name], check=rel_err(peer(), out) if peer is not peers[0] else None)
 
@@ -323,7 +345,7 @@ def bench_dense(rate):
     out = fa()
     kernel = fastattn.last_kernel()
     add_row(case, "fastattn", times["fastattn"], kernel=kernel, floor=floor, check=rel_err(out, numpy_impl()),
-            note=f"inputs {in_bytes / 1e6:.0f} MB")
+            note=f"inputs {in_bytes / 1e6:.0f} MB" + cpu_note(fa))
     add_row(case, numpy_impl.name, times[numpy_impl.name])
     numpy_impl.close()
 
@@ -374,6 +396,9 @@ def main():
     print(f"copy rate {rate / 1e9:.1f} GB/s (np.copyto 256 MB, 1 thread, read + write bytes); floor = input bytes / copy rate; "
           f"median of {REPEATS} interleaved rounds")
     print(text)
+    for r in ROWS:
+        if "thread CPU" in r["note"]:
+            print(f"{r['case']}: fastattn {r['note']}")
     if ARGS.markdown:
         with open(ARGS.markdown, "w") as f:
             f.write(header + "  \n" + f"copy rate {rate / 1e9:.1f} GB/s\n\n" + text + "\n")
