@@ -7,6 +7,7 @@ from ._backend import (
     set_num_threads,
     use_backend,
 )
+from ._cuda_arrays import get_cuda_tf32, set_cuda_tf32
 from .functional import attention, output_layer, scaled_dot_product_attention
 
 __version__ = "0.1.0"
@@ -14,10 +15,12 @@ __version__ = "0.1.0"
 __all__ = [
     "attention",
     "backends",
+    "get_cuda_tf32",
     "get_num_threads",
     "last_kernel",
     "output_layer",
     "scaled_dot_product_attention",
+    "set_cuda_tf32",
     "set_num_threads",
     "use_backend",
 ]
