@@ -334,6 +334,7 @@ __global__ void __launch_bounds__(Cfg<E, kD>::kThreads) sdpa_mma_kernel(const Sd
     }
     __syncthreads();  // the next iteration's copy overwrites this stage
   }
+  cp_async_wait<0>();  // no copy may still be writing shared memory when the block exits
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {

@@ -340,10 +340,15 @@ def _operands(query, key, value):
                 "pass query, key and value on the same GPU"
             )
     library = _library(query)
-    first = gpu_array(query)
-    device = first.device
+    # The device and stream first: a DLPack export is then made ready on the caller's stream.
+    if library == "torch":
+        device = int(query.device.index or 0)
+    elif library == "cupy":
+        device = int(query.device.id)
+    else:
+        device = gpu_array(query).device
     stream = current_stream(library, device)
-    arrays = [first, gpu_array(key, stream), gpu_array(value, stream)]
+    arrays = [gpu_array(x, stream) for x in originals]
     for a, name in zip(arrays, names):
         if a.dtype not in _CODES:
             raise TypeError(
@@ -453,8 +458,9 @@ def _mask_gpu(attn_mask, full, library, device, stream, like, keep) -> tuple:
         if host.dtype != np.bool_ and not _dtypes.is_supported_float(_dtypes.native(host.dtype)):
             raise _sdpa_args.mask_dtype_error(host.dtype)
         _sdpa_args.check_mask_shape(host.shape, full)
-        if host.dtype != np.bool_:
-            host = host.astype(np.float32)  # the float32 mask of the kernels' compute type
+        if host.dtype != np.bool_ and host.dtype.name not in ("float16", "float32", "float64"):
+            host = host.astype(np.float32)  # bfloat16 (which torch cannot take from NumPy)
+        host = host.astype(_dtypes.native(host.dtype), copy=False)  # the kernels read native order
         dev = _to_device(library, np.ascontiguousarray(host), device, like)
         keep.append(dev)
         m = gpu_array(dev, stream)
