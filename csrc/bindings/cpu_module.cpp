@@ -16,6 +16,8 @@
 #include "cpu/threads.h"
 #include "fastattn/attention_params.h"
 #include "fastattn/sdpa_params.h"
+#include "cpu/knn.h"
+#include "fastattn/vector_attention_params.h"
 
 namespace py = pybind11;
 using fastattn::DType;
@@ -421,6 +423,152 @@ py::str attention(py::handle q_handle, py::handle k_handle, py::handle v_handle,
                  (p.f64 ? "float64" : "float32"));
 }
 
+// A C-contiguous array of exactly `count` elements of `itemsize` bytes, else an internal error.
+py::array contiguous_operand(py::handle h, const char* name, int64_t count, int64_t itemsize) {
+  py::array a = as_array(h, name);
+  if (a.size() != count || a.itemsize() != itemsize || !(a.flags() & py::array::c_style))
+    internal_error(std::string(name) + " has the wrong size, dtype or layout");
+  return a;
+}
+
+// fastattn.vector_attention on operands in kernel form (see fastattn/_vector_args.py): q
+// (*batch, lq, c), k and v (*batch, key_rows, c), out C-contiguous (*batch, lq, c), all float32 or
+// all float64; index None or C-contiguous int64 (lq, lk), values already checked, with no batch
+// dims; pos None or (*batch, lq or 1, lk or 1, c); mask None or (*batch, lq or 1, lk or 1), bool or
+// the compute dtype; mlp None or (w1, b1, w2, b2) C-contiguous; weights None or C-contiguous
+// (*batch, lq, lk, groups).
+py::str vector_attention(py::handle q_handle, py::handle k_handle, py::handle v_handle,
+                         py::handle out_handle, py::handle weights, py::handle index,
+                         py::handle pos, py::handle mask, py::handle mlp, int64_t groups,
+                         int relation_code, int sharing_code) {
+  using fastattn::VectorAttentionParams;
+  Operands ops(q_handle, k_handle, v_handle, out_handle, 2, 0);
+  const py::array &q = ops.q, &k = ops.k, &v = ops.v, &out = ops.out;
+  const int64_t itemsize = ops.itemsize;
+  const py::ssize_t ndim = ops.ndim;
+  if (itemsize != 4 && itemsize != 8) internal_error("vector_attention computes in float32 or float64");
+  if (relation_code < 0 || relation_code > 2 || sharing_code < 0 || sharing_code > 1)
+    internal_error("unknown relation or sharing code");
+
+  VectorAttentionParams p;
+  p.f64 = itemsize == 8;
+  p.batch = ops.batch;
+  p.lq = out.shape(ndim - 2);
+  p.c = out.shape(ndim - 1);
+  p.key_rows = k.shape(ndim - 2);
+  p.groups = groups;
+  if (q.shape(ndim - 2) != p.lq || q.shape(ndim - 1) != p.c || k.shape(ndim - 1) != p.c ||
+      v.shape(ndim - 2) != p.key_rows || v.shape(ndim - 1) != p.c || p.c < 1 || groups < 1 ||
+      p.c % groups != 0)
+    internal_error("inconsistent shapes or groups");
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  p.q_batch_offset = ops.q_off.data();
+  p.k_batch_offset = ops.k_off.data();
+  p.v_batch_offset = ops.v_off.data();
+  p.q_row_stride = ops.stride(q, 2);
+  p.k_row_stride = ops.stride(k, 2);
+  p.v_row_stride = ops.stride(v, 2);
+  p.out = ops.out.mutable_data();
+  p.relation = static_cast<fastattn::Relation>(relation_code);
+  p.sharing = static_cast<fastattn::Sharing>(sharing_code);
+
+  py::array index_array, pos_array, weights_array, mlp_arrays[4];
+  std::vector<int64_t> pos_off;
+  p.lk = p.key_rows;
+  if (!index.is_none()) {
+    index_array = as_array(index, "index");
+    if (ndim != 2 || index_array.ndim() != 2 || index_array.shape(0) != p.lq ||
+        index_array.dtype().kind() != 'i')
+      internal_error("index must be (lq, lk) with no batch dims");
+    p.lk = index_array.shape(1);
+    contiguous_operand(index, "index", p.lq * p.lk, 8);
+    p.index = static_cast<const int64_t*>(index_array.data());
+  }
+  if (!pos.is_none()) {
+    pos_array = as_array(pos, "pos");
+    if (pos_array.ndim() != ndim + 1 || pos_array.itemsize() != itemsize ||
+        pos_array.shape(ndim) != p.c || (p.c > 1 && pos_array.strides(ndim) != itemsize))
+      internal_error("pos must be (*batch, lq, lk, c) with contiguous channels");
+    for (auto [dim, full] : {std::pair<py::ssize_t, int64_t>{ndim - 2, p.lq}, {ndim - 1, p.lk}})
+      if (pos_array.shape(dim) != 1 && pos_array.shape(dim) != full)
+        internal_error("pos does not broadcast to (lq, lk)");
+    pos_off = batch_offsets(pos_array, ops.batch_shape, itemsize);
+    p.pos = pos_array.data();
+    p.pos_batch_offset = pos_off.data();
+    p.pos_row_stride = elem_stride(pos_array, ndim - 2, itemsize);
+    p.pos_col_stride = elem_stride(pos_array, ndim - 1, itemsize);
+  }
+  std::unique_ptr<MaskOperand> m;
+  if (!mask.is_none()) {
+    m = std::make_unique<MaskOperand>(mask, ops, itemsize, std::vector<int64_t>{p.lq, p.lk});
+    p.mask_kind = m->kind;
+    p.mask = m->array.data();
+    p.mask_batch_offset = m->offsets.data();
+    p.mask_row_stride = m->strides[0];
+    p.mask_col_stride = m->strides[1];
+  }
+  if (!mlp.is_none()) {
+    if (!py::isinstance<py::tuple>(mlp)) internal_error("mlp must be a 4-tuple");
+    const py::tuple layers = py::reinterpret_borrow<py::tuple>(mlp);
+    if (layers.size() != 4) internal_error("mlp must be a 4-tuple");
+    const py::array w1 = as_array(layers[0], "w1");
+    if (w1.ndim() != 2) internal_error("w1 must be 2-D");
+    p.hidden = w1.shape(0);
+    const int64_t sizes[4] = {p.hidden * p.c, p.hidden, groups * p.hidden, groups};
+    const char* names[4] = {"w1", "b1", "w2", "b2"};
+    for (int x = 0; x < 4; ++x) mlp_arrays[x] = contiguous_operand(layers[x], names[x], sizes[x], itemsize);
+    if (p.hidden < 1) internal_error("the weight MLP needs a hidden layer");
+    p.w1 = mlp_arrays[0].data();
+    p.b1 = mlp_arrays[1].data();
+    p.w2 = mlp_arrays[2].data();
+    p.b2 = mlp_arrays[3].data();
+  }
+  if (!weights.is_none()) {
+    weights_array = contiguous_operand(weights, "weights", p.batch * p.lq * p.lk * groups, itemsize);
+    p.weights = weights_array.mutable_data();
+  }
+  p.num_threads = fastattn::cpu::get_num_threads();
+  const fastattn::cpu::Isa isa = fastattn::cpu::chosen_isa();
+  const fastattn::cpu::VectorAttentionKernel kernel = fastattn::cpu::vector_attention_kernel(isa);
+  {
+    py::gil_scoped_release release;
+    kernel(p);
+  }
+  return py::str(std::string("cpu/") + fastattn::cpu::isa_name(isa) + "/vector_attention/" +
+                 (p.f64 ? "float64" : "float32"));
+}
+
+// fastattn.knn on checked operands: points (n, d) and queries (nq, d) C-contiguous, one float
+// dtype; index C-contiguous int64 (nq, k), filled in.
+void knn(py::handle points_handle, py::handle queries_handle, py::handle index_handle) {
+  const py::array points = as_array(points_handle, "points");
+  const py::array queries = as_array(queries_handle, "queries");
+  py::array index = as_array(index_handle, "index");
+  if (points.ndim() != 2 || queries.ndim() != 2 || index.ndim() != 2 ||
+      queries.shape(1) != points.shape(1) || index.shape(0) != queries.shape(0))
+    internal_error("knn operands have inconsistent shapes");
+  const int64_t itemsize = points.itemsize();
+  if (itemsize != 4 && itemsize != 8) internal_error("knn takes float32 or float64 points");
+  fastattn::KnnParams p;
+  p.f64 = itemsize == 8;
+  p.n = points.shape(0);
+  p.d = points.shape(1);
+  p.nq = queries.shape(0);
+  p.k = index.shape(1);
+  contiguous_operand(points, "points", p.n * p.d, itemsize);
+  contiguous_operand(queries, "queries", p.nq * p.d, itemsize);
+  contiguous_operand(index, "index", p.nq * p.k, 8);
+  if (index.dtype().kind() != 'i') internal_error("index must be int64");
+  p.points = points.data();
+  p.queries = queries.data();
+  p.index = static_cast<int64_t*>(index.mutable_data());
+  p.num_threads = fastattn::cpu::get_num_threads();
+  py::gil_scoped_release release;
+  fastattn::cpu::knn(p);
+}
+
 // y = x W^T + b: x (m, k) contiguous within rows, w (n, k) and out (m, n) C-contiguous, b None or
 // (n,) contiguous, all float32 or all float64. Returns the kernel's name.
 py::str linear(py::handle x_handle, py::handle w_handle, py::handle b_handle, py::handle out_handle) {
@@ -488,6 +636,13 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("act_code"), py::arg("bias"), py::arg("align_code"),
         "The general attention module on normalised operands; returns the kernel's name. "
         "Private: call fastattn.attention.");
+  m.def("vector_attention", &vector_attention, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("out"), py::arg("weights"), py::arg("index"), py::arg("pos"), py::arg("mask"),
+        py::arg("mlp"), py::arg("groups"), py::arg("relation_code"), py::arg("sharing_code"),
+        "Vector attention on normalised operands; returns the kernel's name. "
+        "Private: call fastattn.vector_attention.");
+  m.def("knn", &knn, py::arg("points"), py::arg("queries"), py::arg("index"),
+        "Exact k nearest neighbours into index (nq, k). Private: call fastattn.knn.");
   m.def("linear", &linear, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("out"),
         "y = x W^T + b on this library's threads; returns the kernel's name. Private: the general "
         "attention module's score transforms.");

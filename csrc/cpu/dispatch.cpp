@@ -33,5 +33,15 @@ LinearKernel linear_kernel(Isa isa) {
   }
 }
 
+VectorAttentionKernel vector_attention_kernel(Isa isa) {
+  switch (isa) {
+#if FASTATTN_HAVE_X86
+    case Isa::avx512: return &vector_attention_avx512;
+    case Isa::avx2: return &vector_attention_avx2;
+#endif
+    default: return &vector_attention_scalar;
+  }
+}
+
 }  // namespace cpu
 }  // namespace fastattn

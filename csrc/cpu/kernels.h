@@ -5,6 +5,7 @@
 #include "fastattn/attention_params.h"
 #include "fastattn/linear_params.h"
 #include "fastattn/sdpa_params.h"
+#include "fastattn/vector_attention_params.h"
 
 namespace fastattn {
 namespace cpu {
@@ -12,10 +13,12 @@ namespace cpu {
 using SdpaKernel = void (*)(const SdpaParams&);
 using AttentionKernel = void (*)(const AttentionParams&);
 using LinearKernel = void (*)(const LinearParams&);
+using VectorAttentionKernel = void (*)(const VectorAttentionParams&);
 
 void sdpa_scalar(const SdpaParams& p);
 void attention_scalar(const AttentionParams& p);
 void linear_scalar(const LinearParams& p);
+void vector_attention_scalar(const VectorAttentionParams& p);
 #if FASTATTN_HAVE_X86
 void sdpa_avx2(const SdpaParams& p);
 void sdpa_avx512(const SdpaParams& p);
@@ -23,6 +26,8 @@ void attention_avx2(const AttentionParams& p);
 void attention_avx512(const AttentionParams& p);
 void linear_avx2(const LinearParams& p);
 void linear_avx512(const LinearParams& p);
+void vector_attention_avx2(const VectorAttentionParams& p);
+void vector_attention_avx512(const VectorAttentionParams& p);
 #endif
 
 }  // namespace cpu

@@ -19,7 +19,11 @@ struct Tuning {
 #include "cpu/sdpa_kernel.h"
 #include "cpu/attention_kernel.h"
 #include "cpu/linear_kernel.h"
+#include "cpu/vector_attention_kernel.h"
 
 void fastattn::cpu::sdpa_avx2(const SdpaParams& p) { fastattn::avx2::sdpa(p); }
 void fastattn::cpu::attention_avx2(const AttentionParams& p) { fastattn::avx2::attention(p); }
 void fastattn::cpu::linear_avx2(const LinearParams& p) { fastattn::avx2::linear(p); }
+void fastattn::cpu::vector_attention_avx2(const VectorAttentionParams& p) {
+  fastattn::avx2::vector_attention(p);
+}

@@ -18,7 +18,11 @@ struct Tuning {
 #include "cpu/sdpa_kernel.h"
 #include "cpu/attention_kernel.h"
 #include "cpu/linear_kernel.h"
+#include "cpu/vector_attention_kernel.h"
 
 void fastattn::cpu::sdpa_avx512(const SdpaParams& p) { fastattn::avx512::sdpa(p); }
 void fastattn::cpu::attention_avx512(const AttentionParams& p) { fastattn::avx512::attention(p); }
 void fastattn::cpu::linear_avx512(const LinearParams& p) { fastattn::avx512::linear(p); }
+void fastattn::cpu::vector_attention_avx512(const VectorAttentionParams& p) {
+  fastattn::avx512::vector_attention(p);
+}

@@ -16,7 +16,11 @@ struct Tuning {
 #include "cpu/sdpa_kernel.h"
 #include "cpu/attention_kernel.h"
 #include "cpu/linear_kernel.h"
+#include "cpu/vector_attention_kernel.h"
 
 void fastattn::cpu::sdpa_scalar(const SdpaParams& p) { fastattn::scalar::sdpa(p); }
 void fastattn::cpu::attention_scalar(const AttentionParams& p) { fastattn::scalar::attention(p); }
 void fastattn::cpu::linear_scalar(const LinearParams& p) { fastattn::scalar::linear(p); }
+void fastattn::cpu::vector_attention_scalar(const VectorAttentionParams& p) {
+  fastattn::scalar::vector_attention(p);
+}

@@ -9,6 +9,7 @@ from ._backend import (
 )
 from ._cuda_arrays import get_cuda_tf32, set_cuda_tf32
 from .functional import attention, output_layer, scaled_dot_product_attention
+from .vector import knn, vector_attention
 
 __version__ = "0.1.0"
 
@@ -17,10 +18,12 @@ __all__ = [
     "backends",
     "get_cuda_tf32",
     "get_num_threads",
+    "knn",
     "last_kernel",
     "output_layer",
     "scaled_dot_product_attention",
     "set_cuda_tf32",
     "set_num_threads",
     "use_backend",
+    "vector_attention",
 ]

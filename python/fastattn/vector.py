@@ -1,0 +1,81 @@
+"""Vector attention (per-channel attention weights, Point Transformer v1/v2) and the exact k-nearest-
+neighbour search that builds its neighbourhoods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _backend, _cpu, _vector_args
+
+
+def vector_attention(
+    query: Any,
+    key: Any,
+    value: Any,
+    *,
+    index: Any = None,
+    pos: Any = None,
+    relation: str = "subtract",
+    weight_mlp: Any = None,
+    groups: Any = None,
+    sharing: str = "blocked",
+    attn_mask: Any = None,
+    return_weights: bool = False,
+    backend: str = "auto",
+):
+    """Vector attention: every (query, key) pair gets a vector of G weights, softmax-normalised over
+    the keys independently per group, fused in one kernel (no (N, S, C) temporary).
+
+    Forms:
+
+    - dense: query ``(..., Lq, C)``, key and value ``(..., Lk, C)``, all pairs; batch dims
+      broadcast (NumPy rules).
+    - neighbour: ``index`` int ``(N, S)`` into the rows of key and value ``(M, C)``, query
+      ``(N, C)``; ``-1`` = no neighbour (weight 0, contributes nothing). ``knn(points, S)`` makes
+      such an index from coordinates.
+
+    With r_ij the relation (``"subtract"``: q_i - k_j, ``"add"``: q_i + k_j, ``"multiply"``:
+    q_i * k_j, channel by channel) plus the positional term delta_ij when ``pos`` is given
+    (``(..., Lq, Lk, C)`` dense or ``(N, S, C)``, broadcastable):
+
+    - weights w_ij = W2 relu(W1 r_ij + b1) + b2 with ``weight_mlp=(W1, b1, W2, b2)`` of shapes
+      ``(Hd, C)``, ``(Hd,)``, ``(G, Hd)``, ``(G,)``; without it w_ij[g] = sum of r_ij over the
+      channels of group g (w_ij = r_ij when G = C);
+    - a_ij = softmax over j of w_ij, per group; keys masked out by ``attn_mask`` (bool, True =
+      attend, or float, added to every group's weight) or index -1 get weight 0;
+    - out_i[c] = sum_j a_ij[g(c)] (v_j[c] + delta_ij[c]), with g(c) = c // (C // G) for
+      ``sharing="blocked"`` (Point Transformer v2) or c % G for ``"strided"`` (v1).
+
+    ``groups`` G defaults to C, or to W2's rows (and must equal them when both are given); it must
+    divide C. A query with no visible key gets exact zeros (and zero weights). Returns out
+    ``(..., Lq, C)`` / ``(N, C)`` in the inputs' common float dtype (float16 and bfloat16 are
+    computed in float32), and with ``return_weights=True`` also a ``(..., Lq, Lk, G)`` / ``(N, S, G)``.
+    """
+    _backend.select(backend, query, key, value)
+    call = _vector_args.prepare(query, key, value, index, pos, relation, weight_mlp, groups, sharing, attn_mask)
+    cdt = call.q.dtype
+    out = np.empty(call.out_shape, cdt)
+    weights = np.empty(call.weights_shape, cdt) if return_weights else None
+    _backend.record_kernel(
+        _cpu.vector_attention(call.q, call.k, call.v, out, weights, call.index, call.pos, call.mask,
+                              call.mlp, call.groups, call.relation, call.sharing)
+    )
+    results = [out] if weights is None else [out, weights]
+    results = [r if r.dtype == call.dtype else r.astype(call.dtype) for r in results]
+    return tuple(results) if return_weights else results[0]
+
+
+def knn(points: Any, k: Any, *, queries: Any = None) -> np.ndarray:
+    """Exact k nearest neighbours by Euclidean distance, from a k-d tree, threaded over queries.
+
+    points ``(N, D)``; queries ``(Nq, D)`` (default: the points themselves, so each point's own
+    index comes first). Returns int64 ``(Nq, k)``: row i lists the k points nearest to query i,
+    nearest first, ties to the lower index; when k > N the columns past N are -1 (which
+    ``vector_attention`` reads as "no neighbour").
+    """
+    pts, qs, k = _vector_args.prepare_knn(points, k, queries)
+    index = np.empty((qs.shape[0], k), np.int64)
+    _cpu.knn(pts, qs, index)
+    return index
