@@ -10,8 +10,7 @@ errors before any launch, and which kernel served each call.
 """
 
 import importlib
-import subprocess
-import sys
+import itertools
 
 import numpy as np
 import pytest
@@ -495,3 +494,92 @@ def test_out_of_memory_is_memory_error():
     module = importlib.import_module("fastattn._cuda")
     with pytest.raises(MemoryError, match="cudaErrorMemoryAllocation"):
         module.DeviceBuffer(1 << 50, 0)
+
+
+# ----------------------------------------------------------------------------- vector attention
+
+
+@pytest.mark.skipif(not CUDA["compiled"], reason="no CUDA module in this build")
+def test_vector_attention_shared_memory_limit_message():
+    from fastattn import _cuda_vector
+
+    module = importlib.import_module("fastattn._cuda")
+    _cuda_vector._row_bytes_check(module, 64, 64, 64, False)  # fits
+    with pytest.raises(ValueError, match=r"2C \+ Hd \+ 5G .* C=4096, Hd=4096, G=4096"):
+        _cuda_vector._row_bytes_check(module, 4096, 4096, 4096, False)
+
+
+def _vector_case(rng, form, dtype, c, groups, with_pos, with_mlp):
+    from test_vector_attention import dense_inputs, mlp_for, neighbour_inputs
+
+    if form == "dense":
+        q, k, v, pos, mask = dense_inputs(rng, c, dtype, with_pos=with_pos)
+        kw = dict(attn_mask=mask)
+    else:
+        q, k, v, pos, index = neighbour_inputs(rng, c, dtype, with_pos=with_pos)
+        kw = dict(index=index)
+    mlp = mlp_for(rng, c, groups, 7, dtype) if with_mlp else None
+    return q, k, v, pos, mlp, kw
+
+
+@needs_gpu
+@pytest.mark.parametrize("form", ["dense", "neighbour"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("with_pos", [False, True], ids=["nopos", "pos"])
+@pytest.mark.parametrize("with_mlp", [False, True], ids=["nomlp", "mlp"])
+def test_vector_attention_numpy_through_the_gpu(form, dtype, with_pos, with_mlp):
+    from reference_vector import vector_attention_reference
+    from test_vector_attention import TOLERANCE, check
+
+    rng = np.random.default_rng(3)
+    for relation, sharing, (c, groups) in itertools.product(
+            ["subtract", "add", "multiply"], ["blocked", "strided"], [(12, 1), (12, 4), (12, 12), (16, 8)]):
+        q, k, v, pos, mlp, kw = _vector_case(rng, form, dtype, c, groups, with_pos, with_mlp)
+        common = dict(relation=relation, sharing=sharing, groups=None if mlp else groups)
+        out, weights = fastattn.vector_attention(
+            q[0], k[0], v[0], pos=pos[0], weight_mlp=mlp and mlp[0], return_weights=True,
+            backend="cuda", **common, **kw)
+        assert fastattn.last_kernel() == f"cuda/warp/vector_attention/{dtype}"
+        ref, ref_w = vector_attention_reference(q[1], k[1], v[1], pos=pos[1],
+                                                weight_mlp=mlp and mlp[1], **common, **kw)
+        check(out, ref, dtype, f"{form} {relation} {sharing} G={groups}")
+        assert np.abs(weights.astype(np.float64) - ref_w).max() <= 4 * TOLERANCE[np.dtype(dtype)]
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("form", ["dense", "neighbour"])
+def test_vector_attention_torch_zero_copy(dtype, form):
+    from reference_vector import vector_attention_reference
+
+    rng = np.random.default_rng(4)
+    c, groups = 32, 8
+    q, k, v, pos, mlp, kw = _vector_case(rng, form, "float32", c, groups, True, True)
+    cast = lambda a: None if a is None else torch.from_numpy(np.asarray(a, np.float32)).cuda().to(_torch_dtype(dtype))
+    tq, tk, tv, tpos = (cast(a[0]) for a in (q, k, v, pos))
+    tmlp = tuple(cast(a) for a in mlp[0])
+    tkw = {n: torch.from_numpy(np.asarray(a)).cuda() for n, a in kw.items()}
+    out, weights = fastattn.vector_attention(tq, tk, tv, pos=tpos, weight_mlp=tmlp,
+                                             return_weights=True, **tkw)
+    assert isinstance(out, torch.Tensor) and out.device == tq.device and out.dtype == tq.dtype
+    ref, ref_w = vector_attention_reference(_np64(tq), _np64(tk), _np64(tv), pos=_np64(tpos),
+                                            weight_mlp=tuple(_np64(a) for a in tmlp), **kw)
+    o = _np64(out)
+    scale = np.abs(ref).max(axis=-1, keepdims=True)
+    empty = scale[..., 0] == 0
+    assert np.all(o[empty] == 0)
+    tol = {"float16": 2e-3, "bfloat16": 1.6e-2, "float32": 3e-5, "float64": 1e-12}[dtype]
+    assert np.max(np.abs(o - ref)[~empty] / scale[~empty]) <= tol
+    assert np.abs(_np64(weights) - ref_w).max() <= 4 * tol
+
+
+@needs_gpu
+def test_vector_attention_isolates_nonfinite_and_empty_rows():
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((6, 8), (5, 8), (5, 8)))
+    index = np.array([[0, 1, -1], [-1, -1, -1], [4, 4, 2], [3, -1, 0], [1, 2, 3], [0, 0, 0]])
+    k[4] = np.nan  # only rows that use key 4 may turn NaN
+    v[4] = np.inf
+    out, w = fastattn.vector_attention(q, k, v, index=index, return_weights=True, backend="cuda")
+    assert np.all(out[1] == 0) and np.all(w[1] == 0)
+    assert np.all(np.isfinite(out[[0, 1, 3, 4, 5]]))

@@ -183,6 +183,78 @@ std::string sdpa(int dtype_code, std::vector<int64_t> batch_shape, int64_t hq, i
   return kernel;
 }
 
+// Launches vector attention; see _cuda_vector.py for the descriptors. Operands are float32 or
+// float64 (f64), channels contiguous.
+std::string vector_attention(bool f64, std::vector<int64_t> batch_shape, int64_t lq, int64_t lk,
+                             int64_t c, int64_t groups, int64_t hidden, int64_t key_rows,
+                             py::tuple q, py::tuple k, py::tuple v, uintptr_t index, py::object pos,
+                             py::object mask, int relation, int sharing, py::object mlp,
+                             uintptr_t out, uintptr_t weights, int device, uintptr_t stream) {
+  if (batch_shape.size() > size_t(fc::kMaxBatchDims)) internal_error("too many batch dims");
+  if (groups < 1 || c % groups != 0) internal_error("groups must divide the channels");
+  if (relation < 0 || relation > 2 || sharing < 0 || sharing > 1)
+    internal_error("unknown relation or sharing code");
+  fc::VectorParams p;
+  p.f64 = f64;
+  p.nbatch = int(batch_shape.size());
+  p.batch = 1;
+  for (int i = 0; i < p.nbatch; ++i) {
+    p.batch_shape[i] = batch_shape[size_t(i)];
+    p.batch *= batch_shape[size_t(i)];
+  }
+  p.lq = lq;
+  p.lk = lk;
+  p.c = c;
+  p.groups = groups;
+  p.hidden = mlp.is_none() ? 0 : hidden;
+  p.key_rows = key_rows;
+  int64_t unused = 0;
+  p.q = reinterpret_cast<const void*>(operand(q, p.nbatch, p.q_bs, unused, p.q_row_stride, "query"));
+  p.k = reinterpret_cast<const void*>(operand(k, p.nbatch, p.k_bs, unused, p.k_row_stride, "key"));
+  p.v = reinterpret_cast<const void*>(operand(v, p.nbatch, p.v_bs, unused, p.v_row_stride, "value"));
+  p.index = index ? reinterpret_cast<const int64_t*>(index) : nullptr;
+  if (!pos.is_none())
+    p.pos = reinterpret_cast<const void*>(
+        operand(pos, p.nbatch, p.pos_bs, p.pos_row_stride, p.pos_col_stride, "pos"));
+  if (!mask.is_none()) {
+    const py::tuple t = mask.cast<py::tuple>();
+    if (t.size() != 5) internal_error("mask descriptor must have 5 fields");
+    const int type = t[0].cast<int>();
+    if (type != int(fc::MaskType::boolean) &&
+        type != int(f64 ? fc::MaskType::f64 : fc::MaskType::f32))
+      internal_error("vector attention masks are bool or in the compute type");
+    p.mask_type = static_cast<fc::MaskType>(type);
+    p.mask = reinterpret_cast<const void*>(t[1].cast<uintptr_t>());
+    fill_batch_strides(p.mask_bs, t[2], p.nbatch, "mask");
+    p.mask_row_stride = as_i64(t[3]);
+    p.mask_col_stride = as_i64(t[4]);
+  }
+  if (!mlp.is_none()) {
+    const py::tuple t = mlp.cast<py::tuple>();
+    if (t.size() != 4) internal_error("weight_mlp descriptor must have 4 pointers");
+    p.w1 = reinterpret_cast<const void*>(t[0].cast<uintptr_t>());
+    p.b1 = reinterpret_cast<const void*>(t[1].cast<uintptr_t>());
+    p.w2 = reinterpret_cast<const void*>(t[2].cast<uintptr_t>());
+    p.b2 = reinterpret_cast<const void*>(t[3].cast<uintptr_t>());
+  }
+  p.relation = relation;
+  p.sharing = sharing;
+  p.out = reinterpret_cast<void*>(out);
+  p.weights = weights ? reinterpret_cast<void*>(weights) : nullptr;
+  if (fc::vector_row_bytes(p) > fc::kVectorMaxRowBytes)
+    internal_error("too many channels, groups or hidden units for the CUDA kernel");
+
+  const char* kernel = "";
+  int err = 0;
+  {
+    py::gil_scoped_release release;
+    DeviceGuard guard(device);
+    err = fc::vector_attention_forward(p, reinterpret_cast<void*>(stream), &kernel);
+  }
+  if (err) raise_cuda(static_cast<cudaError_t>(err), std::string("fastattn CUDA kernel ") + kernel);
+  return kernel;
+}
+
 // Device memory owned by Python (NumPy callers' operands): freed when the object goes.
 class DeviceBuffer {
  public:
@@ -268,6 +340,13 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("kv_lengths"), py::arg("scale"), py::arg("diag"), py::arg("left"),
         py::arg("right"), py::arg("tf32"), py::arg("device"), py::arg("stream"),
         "Launches fused SDPA on described device operands; returns the kernel's name.");
+  m.def("vector_attention", &vector_attention, py::arg("f64"), py::arg("batch_shape"),
+        py::arg("lq"), py::arg("lk"), py::arg("c"), py::arg("groups"), py::arg("hidden"),
+        py::arg("key_rows"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("index"),
+        py::arg("pos"), py::arg("mask"), py::arg("relation"), py::arg("sharing"), py::arg("mlp"),
+        py::arg("out"), py::arg("weights"), py::arg("device"), py::arg("stream"),
+        "Launches vector attention on described device operands; returns the kernel's name.");
+  m.def("vector_max_row_bytes", [] { return fc::kVectorMaxRowBytes; });
   py::class_<DeviceBuffer>(m, "DeviceBuffer", "Device memory for NumPy callers' operands.")
       .def(py::init<size_t, int>(), py::arg("bytes"), py::arg("device"))
       .def_property_readonly("ptr", &DeviceBuffer::ptr)

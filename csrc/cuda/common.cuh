@@ -47,9 +47,10 @@ __device__ __forceinline__ double exp2_(double x) { return exp2(x); }
 __device__ __forceinline__ float log_(float x) { return logf(x); }
 __device__ __forceinline__ double log_(double x) { return log(x); }
 
-// Element offset of flat batch index b in an operand with batch strides bs (C order).
-__device__ __forceinline__ int64_t batch_offset(const SdpaParams& p, const BatchStrides& bs,
-                                                int64_t b) {
+// Element offset of flat batch index b in an operand with batch strides bs (C order), for any
+// params struct with nbatch and batch_shape.
+template <class P>
+__device__ __forceinline__ int64_t batch_offset(const P& p, const BatchStrides& bs, int64_t b) {
   int64_t off = 0;
   for (int i = p.nbatch - 1; i >= 0; --i) {
     const int64_t n = p.batch_shape[i];

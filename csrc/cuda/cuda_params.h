@@ -64,6 +64,46 @@ struct SdpaParams {
   double scale = 1.0;
 };
 
+// fastattn.vector_attention on the GPU (semantics of fastattn/vector_attention_params.h, the CPU
+// kernels' struct): candidate s of query i is key row s (dense form) or index[i * lk + s] (neighbour
+// form, batch 1; -1 = none). Float32 or float64 operands (the Python layer widens 16-bit ones).
+struct VectorParams {
+  bool f64 = false;
+  int64_t batch = 0, lq = 0, lk = 0, c = 0, groups = 0, hidden = 0, key_rows = 0;
+  int nbatch = 0;
+  int64_t batch_shape[kMaxBatchDims] = {};
+  const void* q = nullptr;  // (.., lq, c), channels contiguous
+  const void* k = nullptr;  // (.., key_rows, c)
+  const void* v = nullptr;
+  BatchStrides q_bs, k_bs, v_bs;
+  int64_t q_row_stride = 0, k_row_stride = 0, v_row_stride = 0;
+  const int64_t* index = nullptr;  // C-contiguous (lq, lk), values in [-1, key_rows), or null
+  const void* pos = nullptr;       // (.., lq|1, lk|1, c), channels contiguous, or null
+  BatchStrides pos_bs;
+  int64_t pos_row_stride = 0, pos_col_stride = 0;
+  MaskType mask_type = MaskType::none;  // boolean, or additive in the compute type
+  const void* mask = nullptr;           // (.., lq|1, lk|1)
+  BatchStrides mask_bs;
+  int64_t mask_row_stride = 0, mask_col_stride = 0;
+  int relation = 0;  // 0 subtract, 1 add, 2 multiply
+  int sharing = 0;   // 0 blocked (c / (C/G)), 1 strided (c % G)
+  const void* w1 = nullptr;  // C-contiguous (hidden, c), (hidden,), (groups, hidden), (groups,)
+  const void* b1 = nullptr;
+  const void* w2 = nullptr;
+  const void* b2 = nullptr;
+  void* out = nullptr;      // C-contiguous (batch, lq, c)
+  void* weights = nullptr;  // C-contiguous (batch, lq, lk, groups), or null
+};
+
+// Shared memory one query row (one warp) of the vector-attention kernel needs, in bytes; a block
+// runs 4 rows, so rows over kVectorMaxRowBytes (40 KB: 2C + Hd + 5G <= 10240 in float32) are refused.
+inline int64_t vector_row_bytes(const VectorParams& p) {
+  return (2 * p.c + p.hidden + 5 * p.groups) * (p.f64 ? 8 : 4);
+}
+constexpr int64_t kVectorMaxRowBytes = 40 * 1024;
+
+int vector_attention_forward(const VectorParams& p, void* stream, const char** kernel);
+
 // Launches scaled-dot-product attention on `stream` (a cudaStream_t). Returns a cudaError_t as an
 // int (0 = success) and, in *kernel, the name of the kernel that ran (a static string).
 int sdpa_forward(const SdpaParams& p, void* stream, const char** kernel);

@@ -275,6 +275,48 @@ __global__ void __launch_bounds__(128) sdpa_combine_kernel(const SdpaParams p, P
     static_cast<T*>(p.lse)[row] = lsum == T(0) ? neg_inf : mmax * T(kLn2) + log_(lsum);
 }
 
+// Launches the decode kernel (and the merge when splits > 1) for storage E, compute T.
+template <class E, class T, int kLPK>
+cudaError_t launch_typed(const SdpaParams& p, int splits, cudaStream_t stream) {
+  constexpr int kR = Rows<T>::value;
+  const int64_t chunks = (p.hq / p.hkv * p.lq + kR - 1) / kR;
+  const int64_t blocks = p.batch * p.hkv * chunks * splits;
+  if (blocks == 0) return cudaSuccess;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  Partials<T> part{nullptr, nullptr, nullptr, splits};
+  void* workspace = nullptr;
+  const int64_t rows = p.batch * p.hq * p.lq;
+  if (splits > 1) {
+    // Stream-ordered: allocated, used and freed in the caller's stream order, no synchronisation.
+    const size_t bytes = size_t(splits) * size_t(rows) * size_t(p.dv + 2) * sizeof(T);
+    cudaError_t err = cudaMallocAsync(&workspace, bytes, stream);
+    if (err != cudaSuccess) return err;
+    part.po = static_cast<T*>(workspace);
+    part.pm = part.po + int64_t(splits) * rows * p.dv;
+    part.pl = part.pm + int64_t(splits) * rows;
+  }
+  sdpa_decode_kernel<E, T, kLPK><<<unsigned(blocks), kThreads, 0, stream>>>(
+      p, chunks, part);
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess && splits > 1)
+    sdpa_combine_kernel<E, T><<<unsigned((rows + 3) / 4), 128, 0, stream>>>(p, part);
+  if (err == cudaSuccess) err = cudaGetLastError();
+  if (workspace) {
+    const cudaError_t free_err = cudaFreeAsync(workspace, stream);
+    if (err == cudaSuccess) err = free_err;
+  }
+  return err;
+}
+
+template <class E, class T>
+cudaError_t launch_lanes(const SdpaParams& p, int kd, int splits, cudaStream_t stream) {
+  switch (kd) {  // lanes per key row: 8 elements each
+    case 64: return launch_typed<E, T, 8>(p, splits, stream);
+    case 128: return launch_typed<E, T, 16>(p, splits, stream);
+    default: return launch_typed<E, T, 32>(p, splits, stream);
+  }
+}
+
 }  // namespace decode
 }  // namespace cuda
 }  // namespace fastattn

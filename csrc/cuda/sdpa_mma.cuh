@@ -15,10 +15,11 @@
 // Head dims: d and dv are zero-padded to kD (64, 128 or 256), the compile-time size of every
 // fragment loop. Shared rows are padded so a warp's fragment loads fall in distinct banks.
 //
-// Known deviation from the CPU path: a key that is masked for some rows of a block but visible to
-// others still enters the tensor-core product P V with weight 0, so an Inf or NaN in its value row
-// turns 0 * Inf into NaN in those rows too. Keys outside the block's visible range are zero-filled
-// and cannot do this. (The exact float32/float64 and the decode kernels skip weight-0 keys.)
+// Inf/NaN in values: keys outside the block's visible range are zero-filled, and keys that every
+// row of the block masks get their value row zeroed before P V. Known deviation from the CPU path:
+// a key masked for some rows of a 64-row block but visible to others still enters the tensor-core
+// product with weight 0 in the former, so an Inf or NaN in its value row turns 0 * Inf into NaN
+// there too. (The exact float32/float64 and the decode kernels skip weight-0 keys one by one.)
 #pragma once
 
 #include <cuda_runtime.h>
@@ -152,6 +153,8 @@ __global__ void __launch_bounds__(Cfg<E, kD>::kThreads) sdpa_mma_kernel(const Sd
   E* sQ = reinterpret_cast<E*>(smem_raw);
   E* sK = sQ + kBM * kLdQK;      // 2 stages
   E* sV = sK + 2 * kBN * kLdQK;  // 2 stages
+  __shared__ uint32_t s_used[2];  // keys of the current tile that some row of the block uses
+  if (threadIdx.x == 0) s_used[0] = s_used[1] = 0u;  // first read after the loop's first barrier
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
@@ -290,6 +293,37 @@ __global__ void __launch_bounds__(Cfg<E, kD>::kThreads) sdpa_mma_kernel(const Sd
         s[nt][e] = w;
         l[e >> 1] += w;
       }
+
+    // A key that no row of the block may see has weight 0 everywhere, but inside the product
+    // 0 * Inf = NaN: zero its value row, so Inf/NaN in masked padding cannot reach any output.
+    // Only tiles with masked scores can have such keys; the two barriers are block-uniform.
+    if (!whole) {
+      uint32_t used[2] = {0u, 0u};  // bit k: key k of the tile has a nonzero weight here
+#pragma unroll
+      for (int nt = 0; nt < kBN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (s[nt][e] != 0.f) used[nt / 4] |= 1u << ((nt % 4) * 8 + 2 * t + (e & 1));
+      used[0] = __reduce_or_sync(0xffffffffu, used[0]);
+      used[1] = __reduce_or_sync(0xffffffffu, used[1]);
+      if (lane == 0) {
+        atomicOr(&s_used[0], used[0]);
+        atomicOr(&s_used[1], used[1]);
+      }
+      __syncthreads();
+      const uint32_t lo = s_used[0], hi = s_used[1];
+      constexpr uint32_t kFullLo = kBN >= 32 ? ~0u : (1u << kBN) - 1u;
+      constexpr uint32_t kFullHi = kBN >= 64 ? ~0u : 0u;
+      if (lo != kFullLo || hi != kFullHi) {
+        E* vz = sV + stage * kBN * kLdV;
+        for (int x = threadIdx.x; x < kBN * kD; x += C::kThreads) {
+          const int r = x / kD;
+          if (!(((r < 32 ? lo : hi) >> (r & 31)) & 1u)) vz[r * kLdV + x % kD] = from_float<E>(0.f);
+        }
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) s_used[0] = s_used[1] = 0u;  // read by all before the barrier above
+    }
 
     // O += P V with P from the S registers.
     if constexpr (C::kTf32) {
