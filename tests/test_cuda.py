@@ -226,11 +226,12 @@ def _compare(out, lse, q, k, v, dtype, tf32=False, **kw):
     assert np.all(l[empty] == -np.inf), "rows with no visible key must have lse -inf"
     rows = ~empty & np.all(np.isfinite(ref_out), axis=-1)
     assert np.all(np.isfinite(o[rows])), "non-finite output where the reference is finite"
-    if rows.any():
+    if rows.any() and o[rows].size:
         err = np.max(np.abs(o[rows] - ref_out[rows])) / max(np.max(np.abs(ref_out[rows])), 1e-300)
         assert err <= _tol(dtype, tf32), f"{dtype}: relative error {err:.3g} > {_tol(dtype, tf32):.3g}"
+    if rows.any():
         lerr = np.max(np.abs(l[rows] - ref_lse[rows]) / np.maximum(1.0, np.abs(ref_lse[rows])))
-        assert lerr <= (1e-12 if dtype == "float64" else 1e-4 if tf32 else 1e-5), f"lse error {lerr:.3g}"
+        assert lerr <= (1e-12 if dtype == "float64" else 5e-3 if tf32 else 1e-5), f"lse error {lerr:.3g}"
 
 
 @needs_torch
@@ -351,6 +352,19 @@ def test_fully_masked_rows_and_nonfinite_values(dtype):
     # lk = 0: every row empty
     out, lse = fastattn.scaled_dot_product_attention(q, k[..., :0, :], v[..., :0, :], return_lse=True)
     assert torch.all(out == 0) and torch.all(lse == -float("inf"))
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_empty_shapes(dtype):
+    for qs, ks, vs in [((2, 0, 5, 64), (2, 0, 7, 64), (2, 0, 7, 64)),  # no heads
+                       ((2, 4, 0, 64), (2, 4, 7, 64), (2, 4, 7, 64)),  # no queries
+                       ((2, 4, 5, 64), (2, 4, 7, 64), (2, 4, 7, 0))]:  # Dv = 0: lse still counts
+        q, k, v = _rand(qs, dtype), _rand(ks, dtype), _rand(vs, dtype)
+        out, lse = fastattn.scaled_dot_product_attention(q, k, v, return_lse=True)
+        assert tuple(out.shape) == qs[:-1] + vs[-1:] and tuple(lse.shape) == qs[:-1]
+        if out.numel() or lse.numel():
+            _compare(out, lse, q, k, v, dtype)
 
 
 @needs_torch

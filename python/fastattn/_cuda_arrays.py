@@ -100,10 +100,6 @@ def _library(x: Any) -> str:
     return mod if mod in ("torch", "cupy") else "other"
 
 
-def _torch_dtype_name(t) -> str:
-    return str(t).replace("torch.", "")
-
-
 def _from_cai(x: Any, cai: dict, library: str) -> GpuArray:
     shape = tuple(int(n) for n in cai["shape"])
     typestr = cai["typestr"]
@@ -252,7 +248,7 @@ def _to_device(library: str, a: np.ndarray, device: int, like: Any):
     if library == "torch":
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(a)).to(like.device)
+        return torch.from_numpy(np.array(a, order="C", copy=True)).to(like.device)  # writeable for torch
     if library == "cupy":
         import cupy
 
@@ -407,6 +403,8 @@ def _sdpa_gpu(module, query, key, value, attn_mask, causal, scale, window, kv_le
         result = out
     lse = _empty(library, batch + (hq, lq), compute, device, query) if return_lse else None
 
+    if int(np.prod(batch, dtype=np.int64)) * hq * lq == 0:  # no output row: nothing to launch
+        return result, (lse.reshape(lq) if lse is not None and two_d else lse), f"cuda/none/sdpa/{dtype}"
     descs = []
     for a in (q, k, v):
         shape, strides = _kernel_form(a, ndim)
@@ -496,6 +494,8 @@ def _sdpa_host(module, query, key, value, attn_mask, causal, scale, window, kv_l
     lk, d = kn.shape[-2], qn.shape[-1]
     nb = len(batch)
     _check_dims(d, dv, nb)
+    if int(np.prod(batch, dtype=np.int64)) * hq * lq == 0:  # no output row: nothing to launch
+        return result, lse_result, f"cuda/none/sdpa/{dtype}"
     device, stream = 0, 0
     buffers = []
 

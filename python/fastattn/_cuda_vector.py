@@ -133,9 +133,10 @@ def _run_gpu(module, query, key, value, index, pos, relation, weight_mlp, groups
     if pos is not None:
         extra["pos"] = pos
     if weight_mlp is not None:
-        mlp = _vector_args._mlp_arrays(weight_mlp) if not any(ca.is_gpu(a) for a in weight_mlp) \
-            else list(weight_mlp)
-        for n, a in zip(("w1", "b1", "w2", "b2"), mlp):
+        if isinstance(weight_mlp, (str, bytes, dict)) or not hasattr(weight_mlp, "__len__") or \
+                len(weight_mlp) != 4:
+            _vector_args._mlp_arrays(weight_mlp)  # raises the CPU path's ValueError
+        for n, a in zip(("w1", "b1", "w2", "b2"), weight_mlp):
             extra[n] = a
     # Host operands beside GPU ones (a NumPy pos or weight MLP) go to the device.
     for n, a in list(extra.items()):
@@ -160,8 +161,13 @@ def _run_gpu(module, query, key, value, index, pos, relation, weight_mlp, groups
         conv[n] = (x, g)
     mask_dev = None
     if attn_mask is not None:
-        mask_dev = attn_mask if ca.is_gpu(attn_mask) else ca._to_device(
-            library, np.ascontiguousarray(np.asarray(attn_mask)), device, query)
+        if ca.is_gpu(attn_mask):
+            mask_dev = attn_mask
+        else:
+            host = np.asarray(attn_mask)
+            if host.dtype.kind == "V" or (host.dtype.kind == "f" and not host.dtype.isnative):
+                host = host.astype(np.float32)  # bfloat16 (which torch cannot take from NumPy)
+            mask_dev = ca._to_device(library, np.ascontiguousarray(host), device, query)
         mg = ca.gpu_array(mask_dev, stream)
         if mg.dtype != "bool":
             if mg.dtype not in ca._CODES:

@@ -121,7 +121,11 @@ def attention(
     keeps each query's whole row of scores (O(Lk) memory per query, as sparsemax and hard need).
     ``last_kernel()`` names the one that ran.
     """
-    _backend.select(backend, query, keys, values if values is not None else keys)
+    if _backend.select(backend, query, keys, values if values is not None else keys) == "cuda":
+        raise RuntimeError(
+            "fastattn.attention has no CUDA kernel; available for it: ['cpu'] (pass host arrays "
+            "and backend='cpu')"
+        )
     call = _attention_args.prepare(query, keys, values, score, align, params, attn_mask)
     cdt = call.q.dtype
     lq, lk, dv = call.q.shape[-2], call.k.shape[-2], call.v.shape[-1]
