@@ -18,8 +18,17 @@ cudaError_t launch_fma(const SdpaParams& p, int kd, cudaStream_t stream);
 // Few queries, any dtype; `splits` > 1 splits the keys (see sdpa_decode.cuh).
 cudaError_t launch_decode(const SdpaParams& p, int kd, int splits, cudaStream_t stream);
 
-// Query rows per block of the decode kernel, and the Lq up to which it serves a call.
+// The Lq up to which the decode kernel serves a call.
 constexpr int64_t kDecodeMaxLq = 8;
+
+// Query rows per decode block: all rows of a (batch, kv head) item are the group's heads times Lq;
+// one row (plain multi-head decoding) gets a kernel whose registers hold one row, so more blocks
+// fit on a multiprocessor; otherwise up to kDecodeMaxRows (half that in float64).
+constexpr int kDecodeMaxRows = 8;
+inline int decode_rows_per_block(const SdpaParams& p) {
+  if (p.hq / p.hkv * p.lq <= 1) return 1;
+  return p.dtype == DType::f64 ? kDecodeMaxRows / 2 : kDecodeMaxRows;
+}
 
 }  // namespace cuda
 }  // namespace fastattn

@@ -1,6 +1,6 @@
 // SDPA forward for few queries (decoding: Lq <= 8), bound by reading K and V once; every dtype.
 //
-// One block: up to kRows query rows of one (batch, kv head) -- the rows of all query heads of a
+// One block: up to kR query rows (1, or 8; 4 in float64) of one (batch, kv head) -- the rows of all query heads of a
 // grouped-query group, so K and V are read once for the whole group -- and one split of the keys.
 // A key row is read by kLPK adjacent lanes, 8 elements (one 16-byte load for 16-bit types) each,
 // so a warp reads 32/kLPK whole key rows per step, coalesced. Each lane group reduces its dot
@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/common.cuh"
+#include "cuda/launchers.h"
 
 namespace fastattn {
 namespace cuda {
@@ -24,7 +25,6 @@ namespace decode {
 
 constexpr int kThreads = 128, kWarps = 4, kEPL = 8;  // elements per lane
 
-template <class T> struct Rows { static constexpr int value = sizeof(T) == 8 ? 4 : 8; };
 
 // Where a split's partial results go: po[(split * R + row) * dv + y], pm/pl[split * R + row],
 // with R = batch * hq * lq and row the output row.
@@ -60,10 +60,10 @@ __device__ __forceinline__ void load8(const E* src, int64_t x0, int64_t cols, bo
   }
 }
 
-template <class E, class T, int kLPK>
+template <class E, class T, int kLPK, int kR>
 __global__ void __launch_bounds__(kThreads) sdpa_decode_kernel(const SdpaParams p, int64_t chunks,
                                                                Partials<T> part) {
-  constexpr int kD = kLPK * kEPL, kKPW = 32 / kLPK, kR = Rows<T>::value;
+  constexpr int kD = kLPK * kEPL, kKPW = 32 / kLPK;
   constexpr int kStep = kWarps * kKPW;  // keys per block step
   __shared__ __align__(16) T sq[kR][kD];
   __shared__ __align__(16) T sacc[kWarps][kD];
@@ -275,10 +275,10 @@ __global__ void __launch_bounds__(128) sdpa_combine_kernel(const SdpaParams p, P
     static_cast<T*>(p.lse)[row] = lsum == T(0) ? neg_inf : mmax * T(kLn2) + log_(lsum);
 }
 
-// Launches the decode kernel (and the merge when splits > 1) for storage E, compute T.
-template <class E, class T, int kLPK>
+// Launches the decode kernel (and the merge when splits > 1) for storage E, compute T, kR query
+// rows per block.
+template <class E, class T, int kLPK, int kR>
 cudaError_t launch_typed(const SdpaParams& p, int splits, cudaStream_t stream) {
-  constexpr int kR = Rows<T>::value;
   const int64_t chunks = (p.hq / p.hkv * p.lq + kR - 1) / kR;
   const int64_t blocks = p.batch * p.hkv * chunks * splits;
   if (blocks == 0) return cudaSuccess;
@@ -295,7 +295,7 @@ cudaError_t launch_typed(const SdpaParams& p, int splits, cudaStream_t stream) {
     part.pm = part.po + int64_t(splits) * rows * p.dv;
     part.pl = part.pm + int64_t(splits) * rows;
   }
-  sdpa_decode_kernel<E, T, kLPK><<<unsigned(blocks), kThreads, 0, stream>>>(
+  sdpa_decode_kernel<E, T, kLPK, kR><<<unsigned(blocks), kThreads, 0, stream>>>(
       p, chunks, part);
   cudaError_t err = cudaGetLastError();
   if (err == cudaSuccess && splits > 1)
@@ -308,13 +308,22 @@ cudaError_t launch_typed(const SdpaParams& p, int splits, cudaStream_t stream) {
   return err;
 }
 
+// Rows per block: decode_rows_per_block(p) (launchers.h), 1 or the most the registers allow.
+template <class E, class T, int kR>
+cudaError_t launch_rows(const SdpaParams& p, int kd, int splits, cudaStream_t stream) {
+  switch (kd) {  // lanes per key row: 8 elements each
+    case 64: return launch_typed<E, T, 8, kR>(p, splits, stream);
+    case 128: return launch_typed<E, T, 16, kR>(p, splits, stream);
+    default: return launch_typed<E, T, 32, kR>(p, splits, stream);
+  }
+}
+
 template <class E, class T>
 cudaError_t launch_lanes(const SdpaParams& p, int kd, int splits, cudaStream_t stream) {
-  switch (kd) {  // lanes per key row: 8 elements each
-    case 64: return launch_typed<E, T, 8>(p, splits, stream);
-    case 128: return launch_typed<E, T, 16>(p, splits, stream);
-    default: return launch_typed<E, T, 32>(p, splits, stream);
-  }
+  constexpr int kMaxRows = sizeof(T) == 8 ? 4 : 8;
+  static_assert(kMaxRows == kDecodeMaxRows || sizeof(T) == 8, "launchers.h disagrees");
+  if (decode_rows_per_block(p) == 1) return launch_rows<E, T, 1>(p, kd, splits, stream);
+  return launch_rows<E, T, kMaxRows>(p, kd, splits, stream);
 }
 
 }  // namespace decode

@@ -37,7 +37,7 @@ int multiprocessors() {
 // Key splits for a decode call: enough blocks for about four per multiprocessor, each split at
 // least 256 keys long (shorter ones cost more in the merge than they save).
 int decode_splits(const SdpaParams& p) {
-  const int64_t rows_per_block = p.dtype == DType::f64 ? 4 : 8;
+  const int64_t rows_per_block = decode_rows_per_block(p);
   const int64_t items = p.batch * p.hkv * ((p.hq / p.hkv * p.lq + rows_per_block - 1) / rows_per_block);
   if (items <= 0) return 1;
   const int64_t want = (4 * int64_t(multiprocessors()) + items - 1) / items;
