@@ -7,6 +7,7 @@ from ._backend import (
     set_num_threads,
     use_backend,
 )
+from ._cuda_arrays import get_cuda_tf32, set_cuda_tf32
 from .functional import attention, output_layer, scaled_dot_product_attention
 from .vector import knn, vector_attention
 
@@ -15,11 +16,13 @@ __version__ = "0.1.0"
 __all__ = [
     "attention",
     "backends",
+    "get_cuda_tf32",
     "get_num_threads",
     "knn",
     "last_kernel",
     "output_layer",
     "scaled_dot_product_attention",
+    "set_cuda_tf32",
     "set_num_threads",
     "use_backend",
     "vector_attention",

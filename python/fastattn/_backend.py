@@ -28,7 +28,8 @@ _env_backend = os.environ.get("FASTATTN_BACKEND") or None
 
 
 def _cuda_module():
-    """The CUDA extension, or None with the reason it is not there (cached after the first look)."""
+    """The CUDA extension, or None with the reason it is not there (cached after the first look).
+    Imported only here: `import fastattn` never loads it."""
     global _cuda_state
     if _cuda_state is None:
         try:
@@ -45,6 +46,24 @@ def _cuda_module():
 
 
 _cuda_state = None
+_cuda_devices_state = None
+
+
+def _cuda_devices():
+    """(devices, None) with a dict per CUDA device, or ([], why there is none); cached."""
+    global _cuda_devices_state
+    if _cuda_devices_state is None:
+        module, why = _cuda_module()
+        if module is None:
+            _cuda_devices_state = ([], why)
+        else:
+            count, why = module.device_count()
+            if count == 0 and why is None:
+                why = "the CUDA runtime found no CUDA device"
+            elif why is not None:
+                why = f"no usable CUDA device ({why})"
+            _cuda_devices_state = ([module.device_info(i) for i in range(count)], why)
+    return _cuda_devices_state
 
 
 def _check_name(name: str) -> str:
@@ -56,10 +75,12 @@ def _check_name(name: str) -> str:
 def _on_gpu(x: Any) -> bool:
     if type(x) is np.ndarray:
         return False
-    return hasattr(x, "__cuda_array_interface__") or (
-        hasattr(x, "__dlpack_device__") and not hasattr(x, "__array_interface__")
-        and _dlpack_is_cuda(x)
-    )
+    if hasattr(x, "__dlpack_device__") and not hasattr(x, "__array_interface__"):
+        return _dlpack_is_cuda(x)
+    try:  # a property that may raise more than AttributeError (PyTorch's, for bfloat16)
+        return hasattr(x, "__cuda_array_interface__")
+    except Exception:
+        return False
 
 
 def _dlpack_is_cuda(x: Any) -> bool:
@@ -87,8 +108,8 @@ def select(backend: str, *arrays: Any) -> str:
     if backend == "auto":
         backend = "cuda" if any(_on_gpu(a) for a in arrays) else "cpu"
     if backend == "cuda":
-        module, why = _cuda_module()
-        if module is None:
+        devices, why = _cuda_devices()
+        if not devices:
             raise RuntimeError(f"the 'cuda' backend is not available: {why}; available: ['cpu']")
     return backend
 
@@ -133,11 +154,21 @@ def backends() -> dict:
     ``["cpu"]``: ``compiled_isas``, ``available_isas`` (compiled and supported by this CPU and OS),
     ``isa`` (the one in use; FASTATTN_CPU_ISA forces it, and a forced ISA the CPU lacks raises
     RuntimeError here and on every kernel call), ``num_threads``, ``openmp``.
-    ``["cuda"]``: ``compiled`` (bool), ``devices`` (list), ``reason`` when not compiled.
+    ``["cuda"]``: ``compiled`` (bool: the ``_cuda`` module is there), ``available`` (bool: it
+    found a device), ``devices`` (a dict per device: name, compute capability, multiprocessors,
+    memory), ``tf32`` (whether float32 may use TF32 tensor cores, see ``set_cuda_tf32``), when
+    compiled ``build`` (CUDA architectures, nvcc and runtime versions), and ``reason`` when not
+    available.
     """
     info = _cpu.build_info()
-    module, why = _cuda_module()
-    cuda: dict = {"compiled": module is not None, "devices": []}
+    module, _ = _cuda_module()
+    devices, why = _cuda_devices()
+    from . import _cuda_arrays
+
+    cuda: dict = {"compiled": module is not None, "available": bool(devices), "devices": devices,
+                  "tf32": _cuda_arrays.get_cuda_tf32()}
+    if module is not None:
+        cuda["build"] = module.build_info()
     if why:
         cuda["reason"] = why
     return {

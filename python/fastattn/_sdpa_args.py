@@ -102,22 +102,27 @@ def _scale(scale: Any, d: int) -> float:
         raise TypeError(f"scale must be a real number, got {scale!r}") from None
 
 
+def mask_dtype_error(dtype) -> TypeError:
+    return TypeError(
+        f"attn_mask has dtype {dtype}; it must be bool (True = attend) or float (added to the scores)"
+    )
+
+
+def check_mask_shape(shape: Tuple[int, ...], full: Tuple[int, ...]) -> None:
+    if len(shape) > len(full) or any(
+        n != 1 and n != want for n, want in zip(tuple(shape)[::-1], full[::-1])
+    ):
+        raise ValueError(f"attn_mask of shape {tuple(shape)} does not broadcast to {full}")
+
+
 def mask_operand(attn_mask: Any, dtype: np.dtype, full: Tuple[int, ...]) -> np.ndarray:
     """The mask as bool or as the compute dtype, with full's ndim, each dim 1 or full's."""
     m = np.asarray(attn_mask)
     if m.dtype != np.bool_:
         if not _dtypes.is_supported_float(_dtypes.native(m.dtype)):
-            raise TypeError(
-                f"attn_mask has dtype {m.dtype}; it must be bool (True = attend) or float (added "
-                "to the scores)"
-            )
+            raise mask_dtype_error(m.dtype)
         m = m.astype(_dtypes.compute_dtype(dtype), copy=False)
-    if m.ndim > len(full) or any(
-        n != 1 and n != want for n, want in zip(m.shape[::-1], full[::-1])
-    ):
-        raise ValueError(
-            f"attn_mask of shape {m.shape} does not broadcast to {full}"
-        )
+    check_mask_shape(m.shape, full)
     m = _with_leading_ones(m, len(full))
     if not m.flags.aligned or any(s % m.itemsize for s in m.strides):
         m = np.ascontiguousarray(m)
@@ -159,37 +164,55 @@ def _out(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs) -> np.ndarra
     return out
 
 
+def check_shapes(q, k, v) -> Tuple[bool, Tuple[int, ...], int, int, int, int, int]:
+    """(two_d, batch, hq, lq, lk, d, dv) of query, key and value, checked: anything with ``.ndim``
+    and ``.shape`` (NumPy arrays, or the GPU operands' descriptions)."""
+    for a, name in ((q, "query"), (k, "key"), (v, "value")):
+        if a.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dims (L, D), got shape {tuple(a.shape)}")
+    two_d = q.ndim == 2 and k.ndim == 2 and v.ndim == 2
+    # A 2-D (L, D) operand is one head.
+    qs, ks, vs = ((1,) + tuple(a.shape) if a.ndim == 2 else tuple(a.shape) for a in (q, k, v))
+    hq, lq, d = qs[-3:]
+    hkv, lk, dk = ks[-3:]
+    hv, lv, dv = vs[-3:]
+    if d != dk:
+        raise ValueError(
+            f"query and key head dims differ: query {tuple(q.shape)} has D={d}, key "
+            f"{tuple(k.shape)} has D={dk}"
+        )
+    if lk != lv or hkv != hv:
+        raise ValueError(
+            f"key {tuple(k.shape)} and value {tuple(v.shape)} must agree in heads and length "
+            "(..., Hkv, Lk, *)"
+        )
+    if (hkv == 0 and hq != 0) or (hkv and hq % hkv):
+        raise ValueError(
+            f"query heads ({hq}) must be a multiple of key/value heads ({hkv}): query "
+            f"{tuple(q.shape)}, key {tuple(k.shape)}"
+        )
+    batch = broadcast_batch((qs[:-3], ks[:-3], vs[:-3]), ("query", "key", "value"))
+    return two_d, batch, hq, lq, lk, d, dv
+
+
+def check_options(causal, scale, window, lq, lk, d) -> Tuple[float, int, int, int]:
+    """(scale, diag, left, right) for the kernels, checked (-1 = unbounded)."""
+    mode = _causal_mode(causal)
+    left, right = _window(window)
+    if mode is not None:
+        right = 0 if right < 0 else min(right, 0)
+    diag = lk - lq if mode == "bottom_right" else 0
+    return _scale(scale, d), diag, left, right
+
+
 def prepare(
     query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out
 ) -> SdpaCall:
     """Check every argument and bring the operands to kernel form (see the module docstring)."""
     q, k, v = np.asarray(query), np.asarray(key), np.asarray(value)
     dtype = _dtypes.common_float_dtype((q, k, v), ("query", "key", "value"))
-    for a, name in ((q, "query"), (k, "key"), (v, "value")):
-        if a.ndim < 2:
-            raise ValueError(f"{name} must have at least 2 dims (L, D), got shape {a.shape}")
-    two_d = q.ndim == 2 and k.ndim == 2 and v.ndim == 2
-    # A 2-D (L, D) operand is one head.
+    two_d, batch, hq, lq, lk, d, dv = check_shapes(q, k, v)
     q3, k3, v3 = (a[None] if a.ndim == 2 else a for a in (q, k, v))
-    hq, lq, d = q3.shape[-3:]
-    hkv, lk, dk = k3.shape[-3:]
-    hv, lv, dv = v3.shape[-3:]
-    if d != dk:
-        raise ValueError(
-            f"query and key head dims differ: query {q.shape} has D={d}, key {k.shape} has D={dk}"
-        )
-    if lk != lv or hkv != hv:
-        raise ValueError(
-            f"key {k.shape} and value {v.shape} must agree in heads and length (..., Hkv, Lk, *)"
-        )
-    if (hkv == 0 and hq != 0) or (hkv and hq % hkv):
-        raise ValueError(
-            f"query heads ({hq}) must be a multiple of key/value heads ({hkv}): query {q.shape}, "
-            f"key {k.shape}"
-        )
-    batch = broadcast_batch(
-        (q3.shape[:-3], k3.shape[:-3], v3.shape[:-3]), ("query", "key", "value")
-    )
     ndim = len(batch) + 3
     qn, kn, vn = (_with_leading_ones(_as_operand(a, dtype), ndim) for a in (q3, k3, v3))
 
@@ -200,11 +223,7 @@ def prepare(
     if kv_lengths is not None:
         lengths = _kv_lengths(kv_lengths, batch, lk)
 
-    mode = _causal_mode(causal)
-    left, right = _window(window)
-    if mode is not None:
-        right = 0 if right < 0 else min(right, 0)
-    diag = lk - lq if mode == "bottom_right" else 0
+    scale_value, diag, left, right = check_options(causal, scale, window, lq, lk, d)
 
     kernel_shape = batch + (hq, lq, dv)
     result_shape = (lq, dv) if two_d else kernel_shape
@@ -216,7 +235,7 @@ def prepare(
         lse_result = lse.reshape(lq) if two_d else lse
     args = (
         qn, kn, vn, kernel_out, lse, mask, lengths,
-        _dtypes.code_of(dtype), _scale(scale, d), diag, left, right,
+        _dtypes.code_of(dtype), scale_value, diag, left, right,
     )
     return args, result, lse_result
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _attention_args, _backend, _cpu, _dtypes, _sdpa_args
+from . import _attention_args, _backend, _cpu, _cuda_arrays, _dtypes, _sdpa_args
 
 
 def scaled_dot_product_attention(
@@ -49,7 +49,10 @@ def scaled_dot_product_attention(
     float32 (float64 for float64 inputs). ``out=`` must be a C-contiguous, writeable array of exactly
     the output's shape and dtype (never silently copied into); it is returned.
     """
-    _backend.select(backend, query, key, value)
+    if _backend.select(backend, query, key, value) == "cuda":
+        return _cuda_arrays.run_sdpa(
+            query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out
+        )
     memo = None
     if attn_mask is None and kv_lengths is None and out is None:
         memo = _sdpa_args.memo_key(query, key, value, causal, scale, window, return_lse)
@@ -118,7 +121,11 @@ def attention(
     keeps each query's whole row of scores (O(Lk) memory per query, as sparsemax and hard need).
     ``last_kernel()`` names the one that ran.
     """
-    _backend.select(backend, query, keys, values if values is not None else keys)
+    if _backend.select(backend, query, keys, values if values is not None else keys) == "cuda":
+        raise RuntimeError(
+            "fastattn.attention has no CUDA kernel; available for it: ['cpu'] (pass host arrays "
+            "and backend='cpu')"
+        )
     call = _attention_args.prepare(query, keys, values, score, align, params, attn_mask)
     cdt = call.q.dtype
     lq, lk, dv = call.q.shape[-2], call.k.shape[-2], call.v.shape[-1]

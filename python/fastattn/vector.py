@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _backend, _cpu, _vector_args
+from . import _backend, _cpu, _cuda_vector, _vector_args
 
 
 def vector_attention(
@@ -53,7 +53,9 @@ def vector_attention(
     ``(..., Lq, C)`` / ``(N, C)`` in the inputs' common float dtype (float16 and bfloat16 are
     computed in float32), and with ``return_weights=True`` also a ``(..., Lq, Lk, G)`` / ``(N, S, G)``.
     """
-    _backend.select(backend, query, key, value)
+    if _backend.select(backend, query, key, value) == "cuda":
+        return _cuda_vector.run(query, key, value, index, pos, relation, weight_mlp, groups,
+                                sharing, attn_mask, return_weights)
     call = _vector_args.prepare(query, key, value, index, pos, relation, weight_mlp, groups, sharing, attn_mask)
     cdt = call.q.dtype
     out = np.empty(call.out_shape, cdt)
