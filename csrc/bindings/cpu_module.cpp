@@ -459,6 +459,15 @@ PYBIND11_MODULE(_cpu, m) {
     info["openmp"] = bool(FASTATTN_BUILD_OPENMP);
     info["compiled_isas"] = FASTATTN_COMPILED_ISAS;
     info["cuda_compiler_found"] = bool(FASTATTN_BUILD_CUDA_COMPILER_FOUND);
+    // For bug reports (python -m fastattn info): how this extension was built and what it runs on.
+    info["build_type"] = FASTATTN_BUILD_TYPE;
+    info["cxx_flags"] = FASTATTN_BUILD_CXX_FLAGS;
+    info["sanitize"] = FASTATTN_BUILD_SANITIZE;
+    info["openmp_version"] = fastattn::cpu::openmp_version();
+    info["openmp_runtime"] = fastattn::cpu::openmp_runtime();
+    info["pybind11"] = std::to_string(PYBIND11_VERSION_MAJOR) + "." +
+                       std::to_string(PYBIND11_VERSION_MINOR) + "." +
+                       std::to_string(PYBIND11_VERSION_PATCH);
     return info;
   });
 }

@@ -13,7 +13,7 @@ score-form query and key rows:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class AttentionCall(NamedTuple):
     single_query: bool  # a 1-D query: the results drop the Lq dim
 
 
-def _name(value: Any, what: str, valid) -> str:
+def _name(value: Any, what: str, valid: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in valid:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
     return value
@@ -86,7 +86,8 @@ def _shape_check(a: np.ndarray, shape: Tuple[int, ...], name: str, meaning: str)
 
 def _normalised(x: np.ndarray) -> np.ndarray:
     norm = np.sqrt(np.einsum("...i,...i->...", x, x))[..., None]
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    unit: np.ndarray = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    return unit
 
 
 def _kernel_form(a: np.ndarray, cdt: np.dtype, ndim: int) -> np.ndarray:
@@ -94,7 +95,9 @@ def _kernel_form(a: np.ndarray, cdt: np.dtype, ndim: int) -> np.ndarray:
     return a.reshape((1,) * (ndim - a.ndim) + a.shape)
 
 
-def prepare(query, keys, values, score, align, params, attn_mask) -> AttentionCall:
+def prepare(
+    query: Any, keys: Any, values: Any, score: Any, align: Any, params: Any, attn_mask: Any
+) -> AttentionCall:
     score = _name(score, "score", SCORES)
     score = "additive" if score == "concat" else score
     align = _name(align, "align", tuple(ALIGNS))

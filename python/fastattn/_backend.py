@@ -12,7 +12,8 @@ import importlib
 import operator
 import os
 import threading
-from typing import Any, Iterator, Optional
+from types import ModuleType
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -27,7 +28,7 @@ _last = threading.local()
 _env_backend = os.environ.get("FASTATTN_BACKEND") or None
 
 
-def _cuda_module():
+def _cuda_module() -> Tuple[Optional[ModuleType], Optional[str]]:
     """The CUDA extension, or None with the reason it is not there (cached after the first look)."""
     global _cuda_state
     if _cuda_state is None:
@@ -44,7 +45,7 @@ def _cuda_module():
     return _cuda_state
 
 
-_cuda_state = None
+_cuda_state: Optional[Tuple[Optional[ModuleType], Optional[str]]] = None
 
 
 def _check_name(name: str) -> str:
@@ -127,7 +128,7 @@ def set_num_threads(n: int) -> None:
     _cpu.set_num_threads(n)
 
 
-def backends() -> dict:
+def backends() -> Dict[str, Dict[str, Any]]:
     """What this build has and this machine can use.
 
     ``["cpu"]``: ``compiled_isas``, ``available_isas`` (compiled and supported by this CPU and OS),
@@ -137,7 +138,7 @@ def backends() -> dict:
     """
     info = _cpu.build_info()
     module, why = _cuda_module()
-    cuda: dict = {"compiled": module is not None, "devices": []}
+    cuda: Dict[str, Any] = {"compiled": module is not None, "devices": []}
     if why:
         cuda["reason"] = why
     return {
