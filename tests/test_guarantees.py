@@ -371,6 +371,34 @@ def test_empty_and_size_one_shapes(rng, case):
         np.testing.assert_allclose(r, ref, rtol=1e-5, atol=1e-6)
 
 
+def misaligned(a):
+    """A copy of `a` whose data starts one byte past an aligned address (as from a packed file)."""
+    raw = np.zeros(a.nbytes + 1, np.uint8)
+    b = np.frombuffer(raw.data, dtype=a.dtype, count=a.size, offset=1).reshape(a.shape)
+    b[...] = a
+    assert not b.flags.aligned or a.itemsize == 1
+    return b
+
+
+def test_misaligned_operands_are_copied_not_read_misaligned(rng):
+    # Loading a float through a misaligned pointer is undefined behaviour (UBSan flags it, some
+    # CPUs fault): the binding refuses such operands, so the Python layer must copy them.
+    q, k, v = randn(rng, (2, 5, 8)), randn(rng, (2, 7, 8)), randn(rng, (2, 7, 3))
+    mask = randn(rng, (5, 7))
+    params = additive_params(rng, 8, 8)
+    want = sdpa(q, k, v, attn_mask=mask)
+    np.testing.assert_array_equal(sdpa(*map(misaligned, (q, k, v)), attn_mask=misaligned(mask)), want)
+    for score, p in (("additive", params), ("dot", None)):
+        for align in ("softmax", "sparsemax"):
+            want = fastattn.attention(q, k, v, score=score, align=align, params=p, attn_mask=mask)
+            mp = None if p is None else {name: misaligned(x) for name, x in p.items()}
+            got = fastattn.attention(*map(misaligned, (q, k, v)), score=score, align=align, params=mp,
+                                     attn_mask=misaligned(mask))
+            np.testing.assert_array_equal(got, want)
+    c, w = misaligned(randn(rng, (4, 8))), misaligned(randn(rng, (6, 8)))
+    np.testing.assert_array_equal(fastattn.output_layer(c, w), fastattn.output_layer(c.copy(), w.copy()))
+
+
 @pytest.mark.no_sanitizer  # ~2.5e9 score pairs: seconds here, many minutes under ASan
 def test_70000_squared_causal():
     # Lq = Lk = 70000: 4.9e9 (query, key) pairs, past 2^32, so 32-bit index arithmetic would wrap.

@@ -91,7 +91,10 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 
 
 def _kernel_form(a: np.ndarray, cdt: np.dtype, ndim: int) -> np.ndarray:
-    a = np.ascontiguousarray(a, dtype=cdt) if a.dtype != cdt or a.strides[-1] != a.itemsize else a
+    if a.dtype != cdt:
+        a = a.astype(cdt)
+    if a.strides[-1] != a.itemsize or not a.flags.aligned or any(s % a.itemsize for s in a.strides):
+        a = a.copy(order="C")  # aligned and contiguous, as the kernels read it
     return a.reshape((1,) * (ndim - a.ndim) + a.shape)
 
 
@@ -163,7 +166,7 @@ def prepare(
             _shape_check(arrays["b"], (da,), "b", "(da,)")
             q = q + arrays["b"]
         k = k @ w_k.T
-        w = np.ascontiguousarray(w)
+        w = w.copy(order="C")  # contiguous and aligned (a few da values)
         kind, act = ADDITIVE, ACTIVATIONS[_name(params.get("act", "tanh"), "act", tuple(ACTIVATIONS))]
     if align == "hard" and cdt == np.float32 and lk > 1 << 24:
         raise ValueError(f"align='hard' in float32 takes at most 2^24 keys, got Lk={lk}")

@@ -37,7 +37,7 @@ def _as_operand(x: Any, dtype: np.dtype) -> np.ndarray:
     if (a.shape[-1] > 1 and a.strides[-1] != itemsize) or not a.flags.aligned or any(
         s % itemsize for s in a.strides
     ):
-        a = np.ascontiguousarray(a)
+        a = a.copy(order="C")  # not ascontiguousarray: it returns a contiguous misaligned array as is
     return a
 
 
@@ -120,7 +120,7 @@ def mask_operand(attn_mask: Any, dtype: np.dtype, full: Tuple[int, ...]) -> np.n
         )
     m = _with_leading_ones(m, len(full))
     if not m.flags.aligned or any(s % m.itemsize for s in m.strides):
-        m = np.ascontiguousarray(m)
+        m = m.copy(order="C")  # aligned (ascontiguousarray keeps a contiguous misaligned array)
     return m
 
 
