@@ -124,7 +124,7 @@ def check_attention(query, keys, values=None, *, score="scaled_dot", align="soft
 
 def _check_hard(c64, w64, ref_w, s, visible, v, squeeze, gap, catol, exact_ties):
     any_vis = visible.any(axis=-1)
-    smax = np.max(np.where(visible, s, -np.inf), axis=-1, keepdims=True)
+    smax = np.max(np.where(visible, s, -np.inf), axis=-1, keepdims=True, initial=-np.inf)
     near = visible & (s >= smax - gap)
     n_near = near.sum(axis=-1)
     wr = w64[any_vis]
@@ -133,7 +133,7 @@ def _check_hard(c64, w64, ref_w, s, visible, v, squeeze, gap, catol, exact_ties)
     assert np.all(near[any_vis][wr == 1]), "hard picked a key whose score is clearly below the best"
     clear = any_vis & (n_near == 1)
     if exact_ties:  # several keys with exactly the best score: ties go to the lowest index
-        s_near_min = np.min(np.where(near, s, np.inf), axis=-1)
+        s_near_min = np.min(np.where(near, s, np.inf), axis=-1, initial=np.inf)
         clear |= any_vis & (s_near_min == smax[..., 0])
     bad = clear & np.any(w64 != ref_w, axis=-1)
     assert not bad.any(), (f"hard: {int(bad.sum())} rows pick another key than the reference: "

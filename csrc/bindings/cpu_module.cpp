@@ -85,9 +85,17 @@ std::vector<int64_t> batch_offsets(const py::array& a, const std::vector<int64_t
   return offsets;
 }
 
+// An element pointer that is not a multiple of the item size is undefined behaviour to load
+// through (UBSan reports it; some CPUs fault), so every array the kernels read must be aligned.
+void check_aligned(const py::array& a, const char* name) {
+  if (reinterpret_cast<uintptr_t>(a.data()) % uintptr_t(a.itemsize()) != 0)
+    internal_error(std::string(name) + " is not aligned to its item size");
+}
+
 void check_operand(const py::array& a, const char* name, py::ssize_t ndim, int64_t itemsize) {
   if (a.ndim() != ndim) internal_error(std::string(name) + " has the wrong ndim");
   if (a.itemsize() != itemsize) internal_error(std::string(name) + " has the wrong dtype");
+  check_aligned(a, name);
   if (a.size() > 0 && a.shape(ndim - 1) > 1 && a.strides(ndim - 1) != itemsize)
     internal_error(std::string(name) + " is not contiguous in its last dim");
 }
@@ -151,6 +159,7 @@ struct MaskOperand {
     const py::ssize_t ndim = ops.ndim, first = ndim - py::ssize_t(trailing.size());
     if (array.ndim() != ndim || array.itemsize() != itemsize)
       internal_error("mask has the wrong ndim or dtype");
+    check_aligned(array, "mask");
     for (size_t i = 0; i < trailing.size(); ++i) {
       const py::ssize_t n = array.shape(first + py::ssize_t(i));
       if (n != 1 && n != trailing[i]) internal_error("mask does not broadcast to the scores");
@@ -394,6 +403,7 @@ py::str attention(py::handle q_handle, py::handle k_handle, py::handle v_handle,
     if (w_array.ndim() != 1 || w_array.shape(0) != p.d || w_array.itemsize() != itemsize ||
         !(w_array.flags() & py::array::c_style))
       internal_error("w must be a contiguous (d,) array in the compute dtype");
+    check_aligned(w_array, "w");
     p.w = w_array.data();
   }
   if (!weights.is_none()) {
@@ -658,6 +668,15 @@ PYBIND11_MODULE(_cpu, m) {
     info["openmp"] = bool(FASTATTN_BUILD_OPENMP);
     info["compiled_isas"] = FASTATTN_COMPILED_ISAS;
     info["cuda_compiler_found"] = bool(FASTATTN_BUILD_CUDA_COMPILER_FOUND);
+    // For bug reports (python -m fastattn info): how this extension was built and what it runs on.
+    info["build_type"] = FASTATTN_BUILD_TYPE;
+    info["cxx_flags"] = FASTATTN_BUILD_CXX_FLAGS;
+    info["sanitize"] = FASTATTN_BUILD_SANITIZE;
+    info["openmp_version"] = fastattn::cpu::openmp_version();
+    info["openmp_runtime"] = fastattn::cpu::openmp_runtime();
+    info["pybind11"] = std::to_string(PYBIND11_VERSION_MAJOR) + "." +
+                       std::to_string(PYBIND11_VERSION_MINOR) + "." +
+                       std::to_string(PYBIND11_VERSION_PATCH);
     return info;
   });
 }

@@ -163,6 +163,19 @@ struct AttentionPlan {
     }
   }
 
+  // NaN in the lanes of queries with a NaN score (a NaN in their query, a visible key or an
+  // additive mask), 0 elsewhere: added to their weights so NaN reaches exactly the rows that read
+  // it, as softmax and sigmoid do by arithmetic. Masked scores are -inf, never NaN.
+  V nan_rows(const T* s) const {
+    const V zero = V::zero(), nan = V::set1(std::numeric_limits<T>::quiet_NaN());
+    V poison = zero;
+    for (int64_t j = 0; j < p.lk; ++j) {
+      const V x = V::load(s + j * NR);
+      poison = poison + select_eq(x, x, zero, nan);  // x != x only for NaN
+    }
+    return poison;
+  }
+
   // Scores -> weights in place, for the W queries of column vector s[j * NR]. A query with no
   // visible key (every score -inf) gets all-zero weights under every alignment.
   void align(T* s) const {
@@ -193,19 +206,25 @@ struct AttentionPlan {
         break;
       case AlignKind::hard: {
         // The first key reaching the top score wins (ties to the lowest index); -1 if none.
+        // Comparisons skip NaN, so a query that read one gets NaN weights (nan_rows), never a
+        // finite pick made as if the NaN were not there.
+        const V poison = nan_rows(s);
         V best = vneg_inf, index = V::set1(T(-1));
         for (int64_t j = 0; j < lk; ++j) {
           const V x = V::load(s + j * NR);
           index = select_lt(best, x, V::set1(T(j)), index);
           best = select_lt(best, x, x, best);
         }
-        for (int64_t j = 0; j < lk; ++j) select_eq(index, V::set1(T(j)), one, zero).store(s + j * NR);
+        for (int64_t j = 0; j < lk; ++j)
+          (select_eq(index, V::set1(T(j)), one, zero) + poison).store(s + j * NR);
         break;
       }
       case AlignKind::sparsemax: {
         // On scores shifted by the row max (so the 1 of the simplex is not absorbed by large
         // scores), the threshold tau with sum_j max(z_j - tau, 0) = 1 lies in [-1, 0): bisect
-        // it, then solve it exactly on the support {z_j > lo} the bisection found.
+        // it, then solve it exactly on the support {z_j > lo} the bisection found. The bisection's
+        // comparisons skip NaN, so a query that read one gets NaN weights (nan_rows).
+        const V poison = nan_rows(s);
         const V shift = select_eq(top, vneg_inf, zero, top);
         V lo = V::set1(T(-1)), hi = zero;
         for (int it = 0; it < kBisections; ++it) {
@@ -225,7 +244,7 @@ struct AttentionPlan {
         const V none = select_eq(top, vneg_inf, one, zero);  // 1 where no key is visible
         for (int64_t j = 0; j < lk; ++j) {
           const V weight = max(V::load(s + j * NR) - shift - tau, zero);
-          select_eq(none, one, zero, weight).store(s + j * NR);
+          (select_eq(none, one, zero, weight) + poison).store(s + j * NR);
         }
         break;
       }

@@ -5,6 +5,10 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#define FASTATTN_HAVE_DLADDR 1
+#endif
 #endif
 
 namespace fastattn {
@@ -52,6 +56,32 @@ bool openmp_enabled() {
   return true;
 #else
   return false;
+#endif
+}
+
+std::string openmp_runtime() {
+#ifndef _OPENMP
+  return "none (built without OpenMP: every kernel runs on the calling thread)";
+#elif defined(FASTATTN_HAVE_DLADDR)
+  // The shared object that holds omp_get_max_threads is the runtime every parallel region uses
+  // (libgomp, libomp, libiomp5); two runtimes in one process are a classic source of slowdowns.
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&omp_get_max_threads), &info) && info.dli_fname) {
+    std::string path(info.dli_fname);
+    const size_t slash = path.find_last_of('/');
+    return (slash == std::string::npos ? path : path.substr(slash + 1)) + " (" + path + ")";
+  }
+  return "linked, but its library could not be located";
+#else
+  return "linked (library not located on this platform)";
+#endif
+}
+
+long openmp_version() {
+#ifdef _OPENMP
+  return long(_OPENMP);
+#else
+  return 0;
 #endif
 }
 

@@ -13,7 +13,7 @@ on its own threads), so the kernels see score-form query and key rows:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class AttentionCall(NamedTuple):
     single_query: bool  # a 1-D query: the results drop the Lq dim
 
 
-def _name(value: Any, what: str, valid) -> str:
+def _name(value: Any, what: str, valid: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in valid:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
     return value
@@ -86,7 +86,8 @@ def _shape_check(a: np.ndarray, shape: Tuple[int, ...], name: str, meaning: str)
 
 def _normalised(x: np.ndarray) -> np.ndarray:
     norm = np.sqrt(np.einsum("...i,...i->...", x, x))[..., None]
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    unit: np.ndarray = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    return unit
 
 
 def _project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None) -> np.ndarray:
@@ -95,20 +96,26 @@ def _project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = Non
     right after (csrc/cpu/linear_kernel.h)."""
     m, n = math.prod(x.shape[:-1]), weight.shape[0]
     x2 = x.reshape(m, x.shape[-1])
-    if x2.strides[-1] != x2.itemsize:
-        x2 = np.ascontiguousarray(x2)
+    if x2.strides[-1] != x2.itemsize or not x2.flags.aligned or any(s % x2.itemsize for s in x2.strides):
+        x2 = x2.copy(order="C")  # rows contiguous and aligned, as the kernel reads them
+    w = weight if weight.flags.c_contiguous and weight.flags.aligned else weight.copy(order="C")
+    b = None if bias is None else bias.copy(order="C")
     out = np.empty(x.shape[:-1] + (n,), x.dtype)
-    b = None if bias is None else np.ascontiguousarray(bias)
-    _cpu.linear(x2, np.ascontiguousarray(weight), b, out.reshape(m, n))
+    _cpu.linear(x2, w, b, out.reshape(m, n))
     return out
 
 
 def _kernel_form(a: np.ndarray, cdt: np.dtype, ndim: int) -> np.ndarray:
-    a = np.ascontiguousarray(a, dtype=cdt) if a.dtype != cdt or a.strides[-1] != a.itemsize else a
+    if a.dtype != cdt:
+        a = a.astype(cdt)
+    if a.strides[-1] != a.itemsize or not a.flags.aligned or any(s % a.itemsize for s in a.strides):
+        a = a.copy(order="C")  # aligned and contiguous, as the kernels read it
     return a.reshape((1,) * (ndim - a.ndim) + a.shape)
 
 
-def prepare(query, keys, values, score, align, params, attn_mask) -> AttentionCall:
+def prepare(
+    query: Any, keys: Any, values: Any, score: Any, align: Any, params: Any, attn_mask: Any
+) -> AttentionCall:
     score = _name(score, "score", SCORES)
     score = "additive" if score == "concat" else score
     align = _name(align, "align", tuple(ALIGNS))
@@ -173,7 +180,7 @@ def prepare(query, keys, values, score, align, params, attn_mask) -> AttentionCa
             _shape_check(arrays["b"], (da,), "b", "(da,)")
         q = _project(q, w_q, arrays.get("b"))
         k = _project(k, w_k)
-        w = np.ascontiguousarray(w)
+        w = w.copy(order="C")  # contiguous and aligned (a few da values)
         kind, act = ADDITIVE, ACTIVATIONS[_name(params.get("act", "tanh"), "act", tuple(ACTIVATIONS))]
     if align == "hard" and cdt == np.float32 and lk > 1 << 24:
         raise ValueError(f"align='hard' in float32 takes at most 2^24 keys, got Lk={lk}")

@@ -12,7 +12,8 @@ import importlib
 import operator
 import os
 import threading
-from typing import Any, Iterator, Optional
+from types import ModuleType
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -27,7 +28,7 @@ _last = threading.local()
 _env_backend = os.environ.get("FASTATTN_BACKEND") or None
 
 
-def _cuda_module():
+def _cuda_module() -> Tuple[Optional[ModuleType], Optional[str]]:
     """The CUDA extension, or None with the reason it is not there (cached after the first look).
     Imported only here: `import fastattn` never loads it."""
     global _cuda_state
@@ -45,11 +46,11 @@ def _cuda_module():
     return _cuda_state
 
 
-_cuda_state = None
-_cuda_devices_state = None
+_cuda_state: Optional[Tuple[Optional[ModuleType], Optional[str]]] = None
+_cuda_devices_state: Optional[Tuple[List[Dict[str, Any]], Optional[str]]] = None
 
 
-def _cuda_devices():
+def _cuda_devices() -> Tuple[List[Dict[str, Any]], Optional[str]]:
     """(devices, None) with a dict per CUDA device, or ([], why there is none); cached."""
     global _cuda_devices_state
     if _cuda_devices_state is None:
@@ -148,7 +149,7 @@ def set_num_threads(n: int) -> None:
     _cpu.set_num_threads(n)
 
 
-def backends() -> dict:
+def backends() -> Dict[str, Dict[str, Any]]:
     """What this build has and this machine can use.
 
     ``["cpu"]``: ``compiled_isas``, ``available_isas`` (compiled and supported by this CPU and OS),
@@ -165,8 +166,8 @@ def backends() -> dict:
     devices, why = _cuda_devices()
     from . import _cuda_arrays
 
-    cuda: dict = {"compiled": module is not None, "available": bool(devices), "devices": devices,
-                  "tf32": _cuda_arrays.get_cuda_tf32()}
+    cuda: Dict[str, Any] = {"compiled": module is not None, "available": bool(devices),
+                            "devices": devices, "tf32": _cuda_arrays.get_cuda_tf32()}
     if module is not None:
         cuda["build"] = module.build_info()
     if why:

@@ -107,7 +107,8 @@ def parse_shape(text: str) -> Shape:
     flag = fields[6].lower() if len(fields) == 7 else "no"
     if flag not in ("causal", "yes", "1", "true", "no", "0", "false", ""):
         raise ValueError(f"shape {text!r}: causal field must be causal/yes/no, got {fields[6]!r}")
-    shape = Shape(*dims, causal=flag in ("causal", "yes", "1", "true"))
+    b, hq, hkv, lq, lk, d = dims
+    shape = Shape(b, hq, hkv, lq, lk, d, causal=flag in ("causal", "yes", "1", "true"))
     if min(dims) < 1 or shape.q_heads % shape.kv_heads:
         raise ValueError(f"shape {text!r}: sizes must be >= 1 and Hq a multiple of Hkv")
     return shape
@@ -200,21 +201,21 @@ def numpy_sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = Fa
     return out.reshape(batch, q_heads, q_len, v_dim)
 
 
-def fastattn_call(fastattn: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> Callable:
+def fastattn_call(fastattn: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> Callable[..., Any]:
     def run() -> np.ndarray:
         return fastattn.scaled_dot_product_attention(q, k, v, causal=causal)
 
     return run
 
 
-def numpy_call(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> Callable:
+def numpy_call(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> Callable[..., Any]:
     def run() -> np.ndarray:
         return numpy_sdpa(q, k, v, causal=causal)
 
     return run
 
 
-def torch_call(torch: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> Callable:
+def torch_call(torch: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> Callable[..., Any]:
     """torch's SDPA on zero-copy views of the same arrays; enable_gqa only where heads differ."""
     tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
     kwargs: dict[str, Any] = {"is_causal": causal}
@@ -259,7 +260,7 @@ DEFAULT_PLAN = TimingPlan(min_sample_s=0.005, budget_s=3.0, min_reps=5, max_reps
 QUICK_PLAN = TimingPlan(min_sample_s=0.002, budget_s=0.8, min_reps=3, max_reps=15)
 
 
-def time_calls(fn: Callable, calls: int) -> tuple[float, Any]:
+def time_calls(fn: Callable[..., Any], calls: int) -> tuple[float, Any]:
     """Seconds per call over `calls` back-to-back calls, and the last result.
 
     The garbage collector is paused so a collection triggered by someone else's garbage does not land
@@ -279,7 +280,7 @@ def time_calls(fn: Callable, calls: int) -> tuple[float, Any]:
     return elapsed / calls, result
 
 
-def calibrate(fn: Callable, min_sample_s: float) -> tuple[int, float]:
+def calibrate(fn: Callable[..., Any], min_sample_s: float) -> tuple[int, float]:
     """Warm fn up; return (calls per sample, estimated seconds per call).
 
     Fast calls are batched so a sample lasts at least min_sample_s: the batch grows tenfold until it
@@ -332,7 +333,7 @@ class Timing:
         return cls(float(np.median(samples)), float(min(samples)), samples, calls)
 
 
-def time_interleaved(contenders: dict[str, Callable], plan: TimingPlan,
+def time_interleaved(contenders: dict[str, Callable[..., Any]], plan: TimingPlan,
                      on_rep: Callable[[int, int], None] | None = None,
                      ) -> tuple[dict[str, Timing], dict[str, Any], dict[str, str]]:
     """Time the contenders in turn within every repetition.
@@ -482,7 +483,7 @@ class OtherLoad:
         return max(0.0, busy - own) / max(wall * (os.cpu_count() or 1), 1e-9)
 
 
-def blas_thread_limit(threads: int, notes: list[str]) -> contextlib.AbstractContextManager:
+def blas_thread_limit(threads: int, notes: list[str]) -> contextlib.AbstractContextManager[Any]:
     """Pin NumPy's BLAS pool to the thread count the others use, when threadpoolctl can.
 
     Without it BLAS uses its default, normally every core: the same as the others unless --threads or
@@ -753,13 +754,19 @@ def median_of(row: dict[str, Any], name: str) -> float | None:
 Column = tuple[str, str, Callable[[dict[str, Any]], str]]  # title, "<" or ">", cell text
 
 
+def isa_cell(isa: str) -> Callable[[dict[str, Any]], str]:
+    """The cell text of one ISA's column (a function per column: a lambda in a loop would see the
+    loop's last ISA)."""
+    return lambda r: fmt_isa_cell(r["isa_times"].get(isa))
+
+
 def table_columns(has_torch: bool, isas: list[str], ceilings: dict[str, Any] | None) -> list[Column]:
     columns: list[Column] = [
         ("shape (B,Hq,Hkv,Lq,Lk,D)", "<", lambda r: r["label"]),
         ("fastattn ms", ">", lambda r: fmt_ms(median_of(r, "fastattn"))),
     ]
     for isa in isas:
-        columns.append((f"{isa} ms", ">", lambda r, isa=isa: fmt_isa_cell(r["isa_times"].get(isa))))
+        columns.append((f"{isa} ms", ">", isa_cell(isa)))
     columns += [
         ("GFLOP/s", ">", lambda r: fmt_rate(r.get("gflops"))),
         ("GB/s", ">", lambda r: fmt_rate(r.get("gbs"))),

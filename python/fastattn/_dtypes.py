@@ -8,6 +8,8 @@ Integer, bool, complex and object arrays raise TypeError.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 # Codes shared with the C++ kernels (fastattn::DType).
@@ -40,7 +42,7 @@ def native(dtype: np.dtype) -> np.dtype:
     return dtype if dtype.isnative else dtype.newbyteorder("=")
 
 
-def common_float_dtype(arrays, names) -> np.dtype:
+def common_float_dtype(arrays: Sequence[np.ndarray], names: Sequence[str]) -> np.dtype:
     """The storage dtype of a call: every array must be a supported float; mixed ones promote."""
     dtypes = [native(a.dtype) for a in arrays]
     first = dtypes[0]

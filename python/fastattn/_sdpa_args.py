@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,17 +27,17 @@ _UNBOUNDED = 1 << 59
 # What prepare() returns: (args, result, lse_result) with args the arguments of the kernel entry
 # point _cpu.sdpa, result what the caller gets (out= itself or a new array, in the caller's
 # layout) and lse_result the lse in the caller's layout or None.
-SdpaCall = Tuple[tuple, np.ndarray, Optional[np.ndarray]]
+SdpaCall = Tuple[Tuple[Any, ...], np.ndarray, Optional[np.ndarray]]
 
 
 def _as_operand(x: Any, dtype: np.dtype) -> np.ndarray:
     """x in `dtype`, with a contiguous, aligned last dim (copied only when it is not)."""
-    a = x if x.dtype == dtype else x.astype(dtype)
+    a: np.ndarray = x if x.dtype == dtype else x.astype(dtype)
     itemsize = a.itemsize
     if (a.shape[-1] > 1 and a.strides[-1] != itemsize) or not a.flags.aligned or any(
         s % itemsize for s in a.strides
     ):
-        a = np.ascontiguousarray(a)
+        a = a.copy(order="C")  # not ascontiguousarray: it returns a contiguous misaligned array as is
     return a
 
 
@@ -45,7 +45,7 @@ def _with_leading_ones(a: np.ndarray, ndim: int) -> np.ndarray:
     return a if a.ndim == ndim else a.reshape((1,) * (ndim - a.ndim) + a.shape)
 
 
-def broadcast_batch(shapes, names) -> Tuple[int, ...]:
+def broadcast_batch(shapes: Sequence[Tuple[int, ...]], names: Sequence[str]) -> Tuple[int, ...]:
     """NumPy broadcasting of batch shapes, with the shapes named in the error."""
     nb = max(len(s) for s in shapes)
     out = [1] * nb
@@ -125,7 +125,7 @@ def mask_operand(attn_mask: Any, dtype: np.dtype, full: Tuple[int, ...]) -> np.n
     check_mask_shape(m.shape, full)
     m = _with_leading_ones(m, len(full))
     if not m.flags.aligned or any(s % m.itemsize for s in m.strides):
-        m = np.ascontiguousarray(m)
+        m = m.copy(order="C")  # aligned (ascontiguousarray keeps a contiguous misaligned array)
     return m
 
 
@@ -145,7 +145,9 @@ def _kv_lengths(kv_lengths: Any, batch: Tuple[int, ...], lk: int) -> np.ndarray:
     return _with_leading_ones(kl.astype(np.int64, copy=False), len(batch))
 
 
-def _out(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs) -> np.ndarray:
+def _out(
+    out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: Sequence[np.ndarray]
+) -> np.ndarray:
     if out is None:
         return np.empty(shape, dtype)
     if not isinstance(out, np.ndarray):
@@ -206,7 +208,8 @@ def check_options(causal, scale, window, lq, lk, d) -> Tuple[float, int, int, in
 
 
 def prepare(
-    query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out
+    query: Any, key: Any, value: Any, attn_mask: Any, causal: Any, scale: Any, window: Any,
+    kv_lengths: Any, return_lse: bool, out: Any,
 ) -> SdpaCall:
     """Check every argument and bring the operands to kernel form (see the module docstring)."""
     q, k, v = np.asarray(query), np.asarray(key), np.asarray(value)
@@ -241,11 +244,13 @@ def prepare(
 
 
 # ----------------------------------------------------------------------------- memoised checks
-plans: dict = {}  # memo key -> _cpu.SdpaPlan
+plans: Dict[Tuple[Any, ...], _cpu.SdpaPlan] = {}  # memo key -> plan
 _PLANS_MAX = 256
 
 
-def memo_key(query, key, value, causal, scale, window, return_lse) -> Optional[tuple]:
+def memo_key(
+    query: Any, key: Any, value: Any, causal: Any, scale: Any, window: Any, return_lse: bool
+) -> Optional[Tuple[Any, ...]]:
     """The memo key of a call without mask, kv_lengths and out=, or None when it cannot have one.
 
     The key holds shapes and options, with the options' types (causal=1 must not find causal=True's
@@ -266,7 +271,7 @@ def memo_key(query, key, value, causal, scale, window, return_lse) -> Optional[t
     return memo
 
 
-def remember(memo: tuple, operands, call: SdpaCall) -> None:
+def remember(memo: Tuple[Any, ...], operands: Tuple[Any, ...], call: SdpaCall) -> None:
     """Keep the checked call `call` as the plan for `memo`, if no operand was converted or copied
     (its kernel-form views then share the caller's data pointers)."""
     args, result, lse_result = call
@@ -275,6 +280,7 @@ def remember(memo: tuple, operands, call: SdpaCall) -> None:
     ):
         if len(plans) >= _PLANS_MAX:
             plans.clear()
+        q, k, v, out, lse, _mask, _lengths, code, scale, diag, left, right = args
         plans[memo] = _cpu.SdpaPlan(
-            *args[:5], *args[7:], tuple(operands), result, lse_result
+            q, k, v, out, lse, code, scale, diag, left, right, tuple(operands), result, lse_result
         )

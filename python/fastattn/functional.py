@@ -2,27 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, Mapping, Optional, Tuple, Union, overload
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _attention_args, _backend, _cpu, _cuda_arrays, _dtypes, _sdpa_args
 
+# Option types of the public signatures (what mypy checks a caller against; the run-time checks
+# in _sdpa_args / _attention_args still reject bad values with ValueError / TypeError).
+Causal = Union[bool, Literal["top_left", "bottom_right"], None]
+Window = Optional[Tuple[Optional[int], Optional[int]]]
+Backend = Literal["auto", "cpu", "cuda"]
 
+
+@overload
 def scaled_dot_product_attention(
-    query: Any,
-    key: Any,
-    value: Any,
+    query: ArrayLike, key: ArrayLike, value: ArrayLike, *, attn_mask: Optional[ArrayLike] = ...,
+    causal: Causal = ..., scale: Optional[float] = ..., window: Window = ...,
+    kv_lengths: Optional[ArrayLike] = ..., return_lse: Literal[False] = ...,
+    out: Optional[np.ndarray] = ..., backend: Backend = ...,
+) -> np.ndarray: ...
+@overload
+def scaled_dot_product_attention(
+    query: ArrayLike, key: ArrayLike, value: ArrayLike, *, attn_mask: Optional[ArrayLike] = ...,
+    causal: Causal = ..., scale: Optional[float] = ..., window: Window = ...,
+    kv_lengths: Optional[ArrayLike] = ..., return_lse: Literal[True],
+    out: Optional[np.ndarray] = ..., backend: Backend = ...,
+) -> Tuple[np.ndarray, np.ndarray]: ...
+@overload
+def scaled_dot_product_attention(
+    query: ArrayLike, key: ArrayLike, value: ArrayLike, *, attn_mask: Optional[ArrayLike] = ...,
+    causal: Causal = ..., scale: Optional[float] = ..., window: Window = ...,
+    kv_lengths: Optional[ArrayLike] = ..., return_lse: bool = ...,
+    out: Optional[np.ndarray] = ..., backend: Backend = ...,
+) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]: ...
+def scaled_dot_product_attention(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
     *,
-    attn_mask: Any = None,
-    causal: Any = False,
-    scale: Any = None,
-    window: Any = None,
-    kv_lengths: Any = None,
+    attn_mask: Optional[ArrayLike] = None,
+    causal: Causal = False,
+    scale: Optional[float] = None,
+    window: Window = None,
+    kv_lengths: Optional[ArrayLike] = None,
     return_lse: bool = False,
-    out: Any = None,
-    backend: str = "auto",
-):
+    out: Optional[np.ndarray] = None,
+    backend: Backend = "auto",
+) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """softmax(scale * query @ key^T + mask) @ value, fused: the Lq x Lk scores are never stored.
 
     Shapes: query ``(..., Hq, Lq, D)``, key ``(..., Hkv, Lk, D)``, value ``(..., Hkv, Lk, Dv)``;
@@ -69,21 +97,45 @@ def scaled_dot_product_attention(
     _backend.record_kernel(_cpu.sdpa(*args))
     if memo is not None:
         _sdpa_args.remember(memo, (query, key, value), call)
-    return (result, lse) if return_lse else result
+    if return_lse:
+        assert lse is not None
+        return result, lse
+    return result
 
 
+@overload
 def attention(
-    query: Any,
-    keys: Any,
-    values: Any = None,
+    query: ArrayLike, keys: ArrayLike, values: Optional[ArrayLike] = ..., *, score: str = ...,
+    align: str = ..., params: Optional[Mapping[str, Any]] = ...,
+    attn_mask: Optional[ArrayLike] = ..., return_weights: Literal[False] = ...,
+    backend: Backend = ...,
+) -> np.ndarray: ...
+@overload
+def attention(
+    query: ArrayLike, keys: ArrayLike, values: Optional[ArrayLike] = ..., *, score: str = ...,
+    align: str = ..., params: Optional[Mapping[str, Any]] = ...,
+    attn_mask: Optional[ArrayLike] = ..., return_weights: Literal[True],
+    backend: Backend = ...,
+) -> Tuple[np.ndarray, np.ndarray]: ...
+@overload
+def attention(
+    query: ArrayLike, keys: ArrayLike, values: Optional[ArrayLike] = ..., *, score: str = ...,
+    align: str = ..., params: Optional[Mapping[str, Any]] = ...,
+    attn_mask: Optional[ArrayLike] = ..., return_weights: bool = ...,
+    backend: Backend = ...,
+) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]: ...
+def attention(
+    query: ArrayLike,
+    keys: ArrayLike,
+    values: Optional[ArrayLike] = None,
     *,
     score: str = "scaled_dot",
     align: str = "softmax",
-    params: Any = None,
-    attn_mask: Any = None,
+    params: Optional[Mapping[str, Any]] = None,
+    attn_mask: Optional[ArrayLike] = None,
     return_weights: bool = False,
-    backend: str = "auto",
-):
+    backend: Backend = "auto",
+) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """The general attention module: scores s_ij of query i with key j, alignment weights a_ij over
     the keys, and the context c_i = sum_j a_ij v_j, fused in one kernel.
 
@@ -150,10 +202,10 @@ def attention(
     if call.single_query:
         results = [r[..., 0, :] for r in results]
     results = [r if r.dtype == call.dtype else r.astype(call.dtype) for r in results]
-    return tuple(results) if return_weights else results[0]
+    return (results[0], results[1]) if return_weights else results[0]
 
 
-def output_layer(context: Any, weight: Any, bias: Any = None) -> np.ndarray:
+def output_layer(context: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None) -> np.ndarray:
     """y = softmax(context @ weight.T + bias) over the last axis: the output model of the attention
     literature, a distribution over ``n_out`` outputs from a context vector.
 
@@ -171,7 +223,7 @@ def output_layer(context: Any, weight: Any, bias: Any = None) -> np.ndarray:
     if bias is not None and arrays[2].shape != (w.shape[0],):
         raise ValueError(f"bias must have shape ({w.shape[0]},), got {arrays[2].shape}")
     cdt = _dtypes.compute_dtype(dtype)
-    logits = c.astype(cdt) @ w.astype(cdt).T
+    logits: np.ndarray = c.astype(cdt) @ w.astype(cdt).T
     if bias is not None:
         logits += arrays[2].astype(cdt)
     logits -= logits.max(axis=-1, keepdims=True)

@@ -1,0 +1,197 @@
+"""The accuracy guarantee (README, "Guarantees"), measured: every entry point's error against the
+float64 references, per dtype, as a multiple of what the guarantee allows.
+
+test_guarantees.py runs ``main()`` in a fresh interpreter per CPU ISA (FASTATTN_CPU_ISA) and
+checks that no ratio exceeds 1. Standalone: ``python tests/guarantee_accuracy.py [seed]`` prints
+the ratios as JSON, the last line of its output.
+
+The error of a result is ``max|got - ref| / max(1, max|ref|)`` over the entries whose reference is
+finite; the entries the reference gives exactly (rows with no visible key: 0) must match exactly.
+float32 errors grow with the size of the scores (a score s is rounded to about 2^-24 |s| before
+it is exponentiated), so the float32 bounds are ``bound * (1 + S)``, S the largest |score| of
+the call (scaled, plus an additive mask). Lower-precision storage (float16, bfloat16) is bounded
+by its own rounding of the result; float64 by 1e-12 flat.
+
+A new entry point adds a generator of Cases and a row in BOUNDS.
+"""
+
+import json
+import sys
+from typing import Callable, Dict, Iterator, NamedTuple
+
+import numpy as np
+
+import fastattn
+from helpers import BF16, make_mask, randn
+from reference import prepare as sdpa_prepare
+from reference import sdpa_reference
+from reference_attention import attention_reference, attention_scores_reference, output_layer_reference
+
+
+class Case(NamedTuple):
+    got: Dict[str, np.ndarray]  # quantity ("out", "lse", "weights", ...) -> fastattn's result
+    want: Dict[str, np.ndarray]  # the same quantities from the float64 reference
+    score_max: float  # S: the largest finite |score| the reference computed
+
+
+# (entry point, storage dtype) -> bound. float32: error <= bound * (1 + S); others: error <= bound.
+BOUNDS = {
+    ("scaled_dot_product_attention", "float32"): 1e-6,
+    ("scaled_dot_product_attention", "float64"): 1e-12,
+    ("scaled_dot_product_attention", "float16"): 2e-3,
+    ("scaled_dot_product_attention", "bfloat16"): 1.6e-2,
+    ("attention", "float32"): 1e-6,  # softmax, sigmoid, sparsemax ("hard" is exact: see README)
+    ("attention", "float64"): 1e-12,
+    ("attention", "float16"): 2e-3,
+    ("attention", "bfloat16"): 1.6e-2,
+    ("output_layer", "float32"): 1e-6,
+    ("output_layer", "float64"): 1e-12,
+    ("output_layer", "float16"): 2e-3,
+    ("output_layer", "bfloat16"): 1.6e-2,
+}
+# lse is returned in float32 for every storage dtype below float64: bounded as float32.
+LSE_BOUND = {"float64": 1e-12}
+
+
+def _dtypes():
+    return ["float32", "float64", "float16"] + (["bfloat16"] if BF16 is not None else [])
+
+
+def _dt(name):
+    return BF16 if name == "bfloat16" else np.dtype(name)
+
+
+# ----------------------------------------------------------------------------- the entry points
+
+
+def sdpa_cases(rng: np.random.Generator, dtype: str) -> Iterator[Case]:
+    dt = _dt(dtype)
+    mdt = np.float64 if dtype == "float64" else np.float32
+    configs = [  # (batch, hq, hkv, lq, lk, d, dv, input scale, mask kind, causal)
+        ((2,), 4, 2, 77, 91, 40, 24, 1.0, "none", "bottom_right"),
+        ((), 2, 2, 1, 3000, 64, 64, 1.0, "none", False),  # decoding (split-KV with threads)
+        ((), 2, 1, 130, 257, 128, 32, 2.0, "bool", True),
+        ((), 1, 1, 200, 150, 256, 17, 0.5, "additive_inf", False),
+        ((3,), 3, 3, 17, 33, 1, 9, 3.0, "additive", "bottom_right"),
+        ((), 4, 1, 40, 600, 96, 96, 1.5, "none", True),
+    ]
+    for batch, hq, hkv, lq, lk, d, dv, sc, mask_kind, causal in configs:
+        q = randn(rng, batch + (hq, lq, d), dt, sc)
+        k = randn(rng, batch + (hkv, lk, d), dt, sc)
+        v = randn(rng, batch + (hkv, lk, dv), dt)
+        mask = make_mask(rng, mask_kind, (hq, lq, lk), mdt)
+        out, lse = fastattn.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, causal=causal, return_lse=True)
+        ref, ref_lse = sdpa_reference(q, k, v, attn_mask=mask, causal=causal)
+        q64, k64, _, visible, additive, _ = sdpa_prepare(q, k, v, attn_mask=mask, causal=causal)
+        s = q64.astype(np.float64) @ np.swapaxes(k64.astype(np.float64), -1, -2) / np.sqrt(d)
+        if additive is not None:
+            s = s + np.where(visible, additive, 0.0)
+        yield Case({"out": out, "lse": lse}, {"out": ref, "lse": ref_lse},
+                   float(np.max(np.abs(s[visible]), initial=0.0)))
+
+
+def _attention_params(rng, score, dq, dk, da, dt):
+    def r(shape, scale):
+        return randn(rng, shape, dt, scale)
+
+    if score in ("general", "biased_general", "activated_general"):
+        p = {"W": r((dk, dq), (dk * dq) ** -0.25)}
+        if score == "biased_general":
+            p["b"] = r((dk,), dk ** -0.25)
+        if score == "activated_general":
+            p["act"] = "tanh"
+        return p
+    if score == "additive":
+        return {"W_q": r((da, dq), dq ** -0.25), "W_k": r((da, dk), dk ** -0.25),
+                "w": r((da,), 2.0 / np.sqrt(da)), "b": r((da,), 0.5)}
+    return None
+
+
+def attention_cases(rng: np.random.Generator, dtype: str) -> Iterator[Case]:
+    dt = _dt(dtype)
+    scores = ["dot", "scaled_dot", "cosine", "general", "biased_general", "activated_general", "additive"]
+    for i, score in enumerate(scores):
+        for align in ("softmax", "sigmoid", "sparsemax"):
+            lq, lk, dq = [(7, 65, 17), (65, 7, 64), (1, 300, 3), (33, 129, 1)][(i + len(align)) % 4]
+            dk = dq if score in ("dot", "scaled_dot", "cosine") else 9
+            q = randn(rng, (2, lq, dq), dt, 1.5 * dq ** -0.25)
+            k = randn(rng, (2, lk, dk), dt, 1.5 * dk ** -0.25)
+            v = randn(rng, (2, lk, 5), dt)
+            params = _attention_params(rng, score, dq, dk, 16, dt)
+            mask = make_mask(rng, ["none", "bool", "additive_inf"][i % 3], (lq, lk),
+                             np.float64 if dtype == "float64" else np.float32)
+            ctx, w = fastattn.attention(q, k, v, score=score, align=align, params=params, attn_mask=mask,
+                                        return_weights=True)
+            ctx_only = fastattn.attention(q, k, v, score=score, align=align, params=params, attn_mask=mask)
+            ref_ctx, ref_w = attention_reference(q, k, v, score=score, align=align, params=params,
+                                                 attn_mask=mask)
+            s, visible = attention_scores_reference(q, k, v, score=score, params=params, attn_mask=mask)
+            yield Case({"context": ctx, "weights": w, "context (no weights)": ctx_only},
+                       {"context": ref_ctx, "weights": ref_w, "context (no weights)": ref_ctx},
+                       float(np.max(np.abs(s[visible]), initial=0.0)))
+
+
+def output_layer_cases(rng: np.random.Generator, dtype: str) -> Iterator[Case]:
+    dt = _dt(dtype)
+    for n, dv, n_out in [(5, 33, 17), (1, 1, 3), (64, 256, 1000)]:
+        c = randn(rng, (2, n, dv), dt)
+        w = randn(rng, (n_out, dv), dt, 2.0 / np.sqrt(dv))
+        b = randn(rng, (n_out,), dt)
+        y = fastattn.output_layer(c, w, b)
+        logits = c.astype(np.float64) @ w.astype(np.float64).T + b.astype(np.float64)
+        yield Case({"probabilities": y}, {"probabilities": output_layer_reference(c, w, b)},
+                   float(np.max(np.abs(logits))))
+
+
+ENTRY_POINTS: Dict[str, Callable[[np.random.Generator, str], Iterator[Case]]] = {
+    "scaled_dot_product_attention": sdpa_cases,
+    "attention": attention_cases,
+    "output_layer": output_layer_cases,
+}
+
+
+# ----------------------------------------------------------------------------- the measure
+
+
+def error(got: np.ndarray, want: np.ndarray) -> float:
+    """max|got - want| / max(1, max|want|) over finite reference entries; inf if an exact entry
+    (the reference's zeros of empty rows, its -inf lse) is missed or a finite one is not finite."""
+    got = np.asarray(got).astype(np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    finite = np.isfinite(want)
+    if not np.array_equal(got[~finite], want[~finite]):
+        return float("inf")
+    if not finite.any():
+        return 0.0
+    diff = np.abs(got[finite] - want[finite])
+    if not np.all(np.isfinite(diff)):
+        return float("inf")
+    return float(np.max(diff) / max(1.0, np.max(np.abs(want[finite]))))
+
+
+def measure(seed: int) -> Dict[str, Dict[str, float]]:
+    """``{"entry/dtype/quantity": {"error", "allowed", "ratio"}}``, worst over the cases."""
+    rng = np.random.default_rng(seed)
+    worst: Dict[str, Dict[str, float]] = {}
+    for entry, cases in ENTRY_POINTS.items():
+        for dtype in _dtypes():
+            bound = BOUNDS[(entry, dtype)]
+            for case in cases(rng, dtype):
+                for quantity, got in case.got.items():
+                    b = LSE_BOUND.get(dtype, BOUNDS[(entry, "float32")]) if quantity == "lse" else bound
+                    b32 = quantity == "lse" and dtype != "float64" or dtype == "float32"
+                    allowed = b * (1.0 + case.score_max) if b32 else b
+                    err = error(got, case.want[quantity])
+                    key = f"{entry}/{dtype}/{quantity}"
+                    if key not in worst or err / allowed > worst[key]["ratio"]:
+                        worst[key] = {"error": err, "allowed": allowed, "ratio": err / allowed}
+    return worst
+
+
+def main(seed: int) -> None:
+    print(json.dumps({"isa": fastattn.backends()["cpu"]["isa"], "seed": seed, "worst": measure(seed)}))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)

@@ -1,0 +1,607 @@
+"""The guarantees of README's "Guarantees" section, proved per entry point, in the README's order:
+accuracy, masking, shapes, concurrency, determinism. (Bad input: test_bad_input.py; memory:
+test_memory.py; each CPU ISA: the accuracy sweep below runs per ISA, and CI runs this whole suite
+once per ISA the machine has.)
+
+Each guarantee that holds for every entry point takes its cases from a table in this file, keyed
+by the public name; an entry point added to fastattn adds its rows to each table (or a reason to
+EXEMPT), and test_every_entry_point_has_rows fails until it does.
+"""
+
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastattn
+import guarantee_accuracy
+from helpers import randn, run_python
+from reference import sdpa_reference
+from reference_attention import attention_reference, output_layer_reference
+
+ALIGNS = ["softmax", "sigmoid", "sparsemax", "hard"]
+# The public names that take arrays; the rest of fastattn.__all__ controls the backend.
+ARRAY_ENTRY_POINTS = ["scaled_dot_product_attention", "attention", "output_layer"]
+CONTROL = {"backends", "get_num_threads", "last_kernel", "set_num_threads", "use_backend"}
+# Guarantees that do not apply to an entry point, with the reason (the README says the same).
+EXEMPT = {
+    ("masking", "output_layer"): "takes no mask: a softmax over all n_out outputs",
+    ("masked_poison", "output_layer"): "takes no mask",
+    ("gil", "output_layer"): "NumPy arithmetic, no fastattn kernel (NumPy's BLAS releases the GIL)",
+}
+# Every table below, by guarantee; each row's id starts with its entry point's public name.
+TABLES = {}
+
+
+def table(guarantee, rows):
+    TABLES[guarantee] = rows
+    return rows
+
+
+def ids(rows):
+    return [r[0] for r in rows]
+
+
+def sdpa(*args, **kw):
+    return fastattn.scaled_dot_product_attention(*args, **kw)
+
+
+def additive_params(rng, dq, dk, da=8, dt=np.float32):
+    return {"W_q": randn(rng, (da, dq), dt, dq ** -0.5), "W_k": randn(rng, (da, dk), dt, dk ** -0.5),
+            "w": randn(rng, (da,), dt)}
+
+
+# ============================================================================= accuracy
+# Error bounds per entry point and dtype (guarantee_accuracy.BOUNDS, stated in the README), measured
+# on every ISA this machine has, each forced through FASTATTN_CPU_ISA in a fresh interpreter.
+
+table("accuracy", [(name, None) for name in guarantee_accuracy.ENTRY_POINTS])
+
+
+@pytest.mark.parametrize("isa", fastattn.backends()["cpu"]["available_isas"])
+def test_accuracy_bounds_on_every_isa(isa):
+    seed = secrets.randbits(31)
+    r = run_python(f"import guarantee_accuracy as g; g.main({seed})", timeout=600, FASTATTN_CPU_ISA=isa)
+    assert r.returncode == 0, r.stderr[-4000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["isa"] == isa
+    over = {k: v for k, v in report["worst"].items() if not v["ratio"] <= 1.0}
+    assert not over, f"[{isa}, seed {seed}] errors over the stated bounds: {over}"
+    # every entry point and dtype was measured
+    for entry in guarantee_accuracy.ENTRY_POINTS:
+        assert any(k.startswith(entry + "/float32/") for k in report["worst"]), entry
+
+
+# ============================================================================= masking
+# (a) A query with nothing visible gets exact zeros (and lse -inf), under every way of masking.
+# Each row: (id, make(rng) -> (results, lse, empty)): results are arrays (..., Lq, n), lse
+# (..., Lq) or None, and `empty` (..., Lq) marks the queries that see no key.
+
+
+def _sdpa_empty(**opts):
+    def make(rng):
+        q, k, v = (randn(rng, (2, 3, lq, 8)) for lq in (6, 5, 5))
+        out, lse = sdpa(q, k, v, return_lse=True, **opts)
+        _, ref_lse = sdpa_reference(q, k, v, **opts)
+        return [out], lse, ref_lse == -np.inf
+    return make
+
+
+def _rows_mask(lq, lk, rows, kind):
+    m = np.ones((lq, lk), bool)
+    m[rows] = False
+    return m if kind == "bool" else np.where(m, 0.0, -np.inf).astype(np.float32)
+
+
+def _attention_empty(align, kind, return_weights=True, score="additive"):
+    def make(rng):
+        q, k, v = randn(rng, (2, 6, 4)), randn(rng, (2, 9, 4)), randn(rng, (2, 9, 3))
+        params = additive_params(rng, 4, 4) if score == "additive" else None
+        mask = _rows_mask(6, 9, [1, 4], kind)
+        res = fastattn.attention(q, k, v, score=score, align=align, params=params, attn_mask=mask,
+                                 return_weights=return_weights)
+        empty = np.zeros((2, 6), bool)
+        empty[:, [1, 4]] = True
+        return list(res) if return_weights else [res], None, empty
+    return make
+
+
+FULLY_MASKED = table("masking", [
+    ("scaled_dot_product_attention: bool mask", _sdpa_empty(attn_mask=_rows_mask(6, 5, [0, 3], "bool"))),
+    ("scaled_dot_product_attention: -inf mask", _sdpa_empty(attn_mask=_rows_mask(6, 5, [2, 5], "float"))),
+    ("scaled_dot_product_attention: causal bottom_right, Lq > Lk", _sdpa_empty(causal="bottom_right")),
+    ("scaled_dot_product_attention: window", _sdpa_empty(causal="bottom_right", window=(0, 0))),
+    ("scaled_dot_product_attention: kv_lengths 0", _sdpa_empty(kv_lengths=np.array([0, 3]))),
+    ("scaled_dot_product_attention: kv_lengths and causal", _sdpa_empty(kv_lengths=0, causal=True)),
+] + [
+    (f"attention: {align}, {kind} mask", _attention_empty(align, kind))
+    for align in ALIGNS for kind in ("bool", "float")
+] + [
+    ("attention: dot softmax, context only (SDPA path)", _attention_empty("softmax", "bool", False, "dot")),
+])
+
+
+@pytest.mark.parametrize("case", FULLY_MASKED, ids=ids(FULLY_MASKED))
+def test_fully_masked_rows_are_exact_zeros(rng, case):
+    results, lse, empty = case[1](rng)
+    assert empty.any()
+    for r in results:
+        r = np.asarray(r, np.float64)
+        rows = r[empty]
+        assert np.all(rows == 0), f"rows with no visible key must be exactly 0, got {rows[rows != 0][:5]}"
+        assert np.all(np.isfinite(r[~empty])), "rows that see keys must be finite"
+    if lse is not None:
+        np.testing.assert_array_equal(lse == -np.inf, empty, err_msg="lse must be -inf exactly where no key is seen")
+        assert np.all(np.isfinite(lse[~empty]))
+
+
+# (b) NaN or Inf at masked positions never reaches the output: the same call with those positions
+# set to 0 gives the same result. Each row: (id, make(poison) -> list of results), the
+# inputs drawn from a fixed seed with `poison` written where every query is masked off.
+
+
+def _sdpa_poisoned(where, **opts):
+    def make(poison):
+        rng = np.random.default_rng(1234)
+        q, k, v = randn(rng, (2, 2, 7, 8)), randn(rng, (2, 2, 9, 8)), randn(rng, (2, 2, 9, 5))
+        # Lq = 7, Lk = 9: the keys no query sees under each option
+        masked_keys = {"mask": [3, 8], "causal": [7, 8], "kv_lengths": [6, 7, 8], "window": [8]}[where]
+        for a in (k, v):
+            a[..., masked_keys, :] = poison
+        return list(sdpa(q, k, v, return_lse=True, **opts))
+    return make
+
+
+def _sdpa_masked_keys(kind):
+    mask = np.ones((7, 9), bool)
+    mask[:, [3, 8]] = False
+    return mask if kind == "bool" else np.where(mask, np.float32(0.5), np.float32(-np.inf))
+
+
+def _attention_poisoned(align, kind):
+    def make(poison):
+        rng = np.random.default_rng(99)
+        q, k, v = randn(rng, (2, 6, 4)), randn(rng, (2, 9, 4)), randn(rng, (2, 9, 3))
+        params = additive_params(rng, 4, 4)
+        mask = np.ones((6, 9), bool)
+        mask[:, [2, 7]] = False
+        k[:, [2, 7]] = poison
+        v[:, [2, 7]] = poison
+        if kind == "float":
+            mask = np.where(mask, np.float32(0.25), np.float32(-np.inf))
+        return list(fastattn.attention(q, k, v, score="additive", align=align, params=params,
+                                       attn_mask=mask, return_weights=True))
+    return make
+
+
+MASKED_POISON = table("masked_poison", [
+    ("scaled_dot_product_attention: bool mask", _sdpa_poisoned("mask", attn_mask=_sdpa_masked_keys("bool"))),
+    ("scaled_dot_product_attention: -inf mask", _sdpa_poisoned("mask", attn_mask=_sdpa_masked_keys("float"))),
+    ("scaled_dot_product_attention: kv_lengths", _sdpa_poisoned("kv_lengths", kv_lengths=6)),
+    ("scaled_dot_product_attention: window", _sdpa_poisoned("window", window=(None, 1))),
+    ("scaled_dot_product_attention: causal", _sdpa_poisoned("causal", causal=True)),
+] + [
+    (f"attention: {align}, {kind} mask", _attention_poisoned(align, kind))
+    for align in ALIGNS for kind in ("bool", "float")
+])
+
+
+@pytest.mark.parametrize("case", MASKED_POISON, ids=ids(MASKED_POISON))
+@pytest.mark.parametrize("poison", [np.nan, np.inf, -np.inf])
+def test_masked_nan_and_inf_never_leak(case, poison):
+    clean = case[1](0.0)
+    dirty = case[1](poison)
+    for c, d in zip(clean, dirty):
+        assert not np.isnan(d).any(), f"{poison} at masked positions leaked into the output"
+        assert np.array_equal(np.isfinite(d), np.isfinite(c)), f"{poison} at masked positions leaked"
+        # the same answer up to rounding (a non-finite value in a tile takes a path that skips
+        # zero weights explicitly, which sums in another order)
+        np.testing.assert_allclose(d, c, rtol=1e-5, atol=1e-6)
+
+
+# (c) NaN in an input stays in the rows that read it, and does reach them (never a finite answer
+# computed as if it were not there). Each row: (id, make(rng) -> (results, reads)): `reads`
+# (..., Lq) marks the queries that read the NaN.
+
+
+def _sdpa_nan(where):
+    def make(rng):
+        q, k, v = randn(rng, (2, 2, 12, 8)), randn(rng, (2, 2, 12, 8)), randn(rng, (2, 2, 12, 5))
+        reads = np.zeros((2, 2, 12), bool)
+        if where == "query":
+            q[1, 0, 4, 2] = np.nan
+            reads[1, 0, 4] = True
+        else:
+            (k if where == "key" else v)[0, 1, 7, 3 if where == "key" else 1] = np.nan
+            reads[0, 1, 7:] = True  # causal: queries i >= 7 see key 7
+        out, lse = sdpa(q, k, v, causal=True, return_lse=True)
+        return [out] + ([lse[..., None]] if where != "value" else []), reads
+    return make
+
+
+def _attention_nan(align, where):
+    def make(rng):
+        q, k, v = randn(rng, (2, 6, 4)), randn(rng, (2, 9, 4)), randn(rng, (2, 9, 3))
+        params = additive_params(rng, 4, 4)
+        mask = np.ones((6, 9), bool)
+        mask[:3, 5] = False  # key 5 is seen by queries 3..5 only
+        reads = np.zeros((2, 6), bool)
+        if where == "query":
+            q[1, 2, 0] = np.nan
+            reads[1, 2] = True
+        else:
+            k[0, 5, 1] = np.nan
+            reads[0, 3:] = True
+        return list(fastattn.attention(q, k, v, score="additive", align=align, params=params,
+                                       attn_mask=mask, return_weights=True)), reads
+    return make
+
+
+def _output_layer_nan(rng):
+    c = randn(rng, (3, 4, 6))
+    c[2, 1, 5] = np.nan
+    reads = np.zeros((3, 4), bool)
+    reads[2, 1] = True
+    return [fastattn.output_layer(c, randn(rng, (5, 6)), randn(rng, (5,)))], reads
+
+
+NAN_ROWS = table("nan_rows", [
+    (f"scaled_dot_product_attention: NaN in {w}", _sdpa_nan(w)) for w in ("query", "key", "value")
+] + [
+    (f"attention: {align}, NaN in {w}", _attention_nan(align, w)) for align in ALIGNS for w in ("query", "key")
+] + [
+    ("output_layer: NaN in context", _output_layer_nan),
+])
+
+
+@pytest.mark.parametrize("case", NAN_ROWS, ids=ids(NAN_ROWS))
+def test_nan_stays_in_the_rows_that_read_it(rng, case):
+    results, reads = case[1](rng)
+    for r in results:
+        nan_rows = np.isnan(np.asarray(r, np.float64)).any(axis=-1)
+        np.testing.assert_array_equal(nan_rows, reads, err_msg="rows with NaN differ from the rows that read it")
+
+
+# (d) Huge logits (1e30) never overflow to NaN: the answer is the one-hot of the largest score,
+# as the float64 reference says. Each row: (id, make(rng) -> (results, references)).
+
+
+def _huge_inputs(rng, lq=5, lk=11, d=4):
+    # unit rows times 1e15: scores up to 1e30, and the top two of a row far apart
+    q = rng.standard_normal((2, lq, d))
+    k = rng.standard_normal((2, lk, d))
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    return (1e15 * q).astype(np.float32), (1e15 * k).astype(np.float32), randn(rng, (2, lk, 3))
+
+
+def _sdpa_huge(rng):
+    q, k, v = _huge_inputs(rng)
+    mask = np.zeros((5, 11), np.float32)
+    mask[:, 3] = 1e30  # an additive mask as large as the scores
+    ref, _ = sdpa_reference(q, k, v, scale=1.0, attn_mask=mask)
+    return [sdpa(q, k, v, scale=1.0, attn_mask=mask)], [ref]
+
+
+def _attention_huge(align):
+    def make(rng):
+        q, k, v = _huge_inputs(rng)
+        return (list(fastattn.attention(q, k, v, score="dot", align=align, return_weights=True)),
+                list(attention_reference(q, k, v, score="dot", align=align)))
+    return make
+
+
+def _output_layer_huge(rng):
+    c, w, _ = _huge_inputs(rng)
+    return [fastattn.output_layer(c, w[0])], [output_layer_reference(c, w[0])]
+
+
+HUGE_LOGITS = table("huge_logits", [
+    ("scaled_dot_product_attention: scores and mask 1e30", _sdpa_huge),
+] + [(f"attention: {align}", _attention_huge(align)) for align in ALIGNS] + [
+    ("output_layer: logits 1e30", _output_layer_huge),
+])
+
+
+@pytest.mark.parametrize("case", HUGE_LOGITS, ids=ids(HUGE_LOGITS))
+def test_huge_logits_never_overflow(rng, case):
+    results, refs = case[1](rng)
+    for r, ref in zip(results, refs):
+        assert np.all(np.isfinite(r)), "huge logits made NaN or Inf"
+        np.testing.assert_allclose(r, ref, rtol=1e-6, atol=1e-6)
+
+
+# ============================================================================= shapes
+# Empty batches, Lq = 0, Lk = 0 and size-1 dims give the reference's shapes and values (exact
+# zeros where nothing is visible). Each row: (id, make(rng) -> (results, references)).
+
+
+def _sdpa_shape(qs, ks, vs):
+    def make(rng):
+        q, k, v = randn(rng, qs), randn(rng, ks), randn(rng, vs)
+        out, lse = sdpa(q, k, v, return_lse=True, causal="bottom_right")
+        return [out, lse], list(sdpa_reference(q, k, v, causal="bottom_right"))
+    return make
+
+
+def _attention_shape(qs, ks, vs, align):
+    def make(rng):
+        q, k, v = randn(rng, qs), randn(rng, ks), randn(rng, vs)
+        params = additive_params(rng, qs[-1], ks[-1])
+        return (list(fastattn.attention(q, k, v, score="additive", align=align, params=params,
+                                        return_weights=True)),
+                list(attention_reference(q, k, v, score="additive", align=align, params=params)))
+    return make
+
+
+def _output_layer_shape(cs, n_out):
+    def make(rng):
+        c, w, b = randn(rng, cs), randn(rng, (n_out, cs[-1])), randn(rng, (n_out,))
+        return [fastattn.output_layer(c, w, b)], [output_layer_reference(c, w, b)]
+    return make
+
+
+_ATTENTION_SHAPES = [("batch 0", (0, 3, 4), (0, 5, 4), (0, 5, 2)), ("Lq 0", (2, 0, 4), (2, 5, 4), (2, 5, 2)),
+                     ("Lk 0", (2, 3, 4), (2, 0, 4), (2, 0, 2)), ("d 1", (2, 3, 1), (2, 5, 1), (2, 5, 1))]
+SHAPES = table("shapes", [
+    ("scaled_dot_product_attention: batch 0", _sdpa_shape((0, 2, 3, 8), (0, 2, 5, 8), (0, 2, 5, 4))),
+    ("scaled_dot_product_attention: Lq 0", _sdpa_shape((2, 2, 0, 8), (2, 2, 5, 8), (2, 2, 5, 4))),
+    ("scaled_dot_product_attention: Lk 0", _sdpa_shape((2, 2, 3, 8), (2, 2, 0, 8), (2, 2, 0, 4))),
+    ("scaled_dot_product_attention: D 1, Dv 1", _sdpa_shape((2, 2, 9, 1), (2, 2, 7, 1), (2, 2, 7, 1))),
+    ("scaled_dot_product_attention: Dv 0", _sdpa_shape((2, 1, 3, 8), (2, 1, 5, 8), (2, 1, 5, 0))),
+] + [
+    (f"attention: {name}, {align}", _attention_shape(qs, ks, vs, align))
+    for name, qs, ks, vs in _ATTENTION_SHAPES for align in ALIGNS
+] + [
+    ("output_layer: batch 0", _output_layer_shape((0, 4), 3)),
+    ("output_layer: dv 1, n_out 1", _output_layer_shape((3, 1), 1)),
+])
+
+
+@pytest.mark.parametrize("case", SHAPES, ids=ids(SHAPES))
+def test_empty_and_size_one_shapes(rng, case):
+    results, refs = case[1](rng)
+    for r, ref in zip(results, refs):
+        assert r.shape == ref.shape, (r.shape, ref.shape)
+        np.testing.assert_allclose(r, ref, rtol=1e-5, atol=1e-6)
+
+
+def misaligned(a):
+    """A copy of `a` whose data starts one byte past an aligned address (as from a packed file)."""
+    raw = np.zeros(a.nbytes + 1, np.uint8)
+    b = np.frombuffer(raw.data, dtype=a.dtype, count=a.size, offset=1).reshape(a.shape)
+    b[...] = a
+    assert not b.flags.aligned or a.itemsize == 1
+    return b
+
+
+def test_misaligned_operands_are_copied_not_read_misaligned(rng):
+    # Loading a float through a misaligned pointer is undefined behaviour (UBSan flags it, some
+    # CPUs fault): the binding refuses such operands, so the Python layer must copy them.
+    q, k, v = randn(rng, (2, 5, 8)), randn(rng, (2, 7, 8)), randn(rng, (2, 7, 3))
+    mask = randn(rng, (5, 7))
+    params = additive_params(rng, 8, 8)
+    want = sdpa(q, k, v, attn_mask=mask)
+    np.testing.assert_array_equal(sdpa(*map(misaligned, (q, k, v)), attn_mask=misaligned(mask)), want)
+    for score, p in (("additive", params), ("dot", None)):
+        for align in ("softmax", "sparsemax"):
+            want = fastattn.attention(q, k, v, score=score, align=align, params=p, attn_mask=mask)
+            mp = None if p is None else {name: misaligned(x) for name, x in p.items()}
+            got = fastattn.attention(*map(misaligned, (q, k, v)), score=score, align=align, params=mp,
+                                     attn_mask=misaligned(mask))
+            np.testing.assert_array_equal(got, want)
+    c, w = misaligned(randn(rng, (4, 8))), misaligned(randn(rng, (6, 8)))
+    np.testing.assert_array_equal(fastattn.output_layer(c, w), fastattn.output_layer(c.copy(), w.copy()))
+
+
+@pytest.mark.no_sanitizer  # ~2.5e9 score pairs: seconds here, many minutes under ASan
+def test_70000_squared_causal():
+    # Lq = Lk = 70000: 4.9e9 (query, key) pairs, past 2^32, so 32-bit index arithmetic would wrap.
+    # With zero queries every visible score is 0, so query i's output is the mean of the values
+    # 0..i (causal), its lse log(i + 1). Values are small integers: every running sum is exact in
+    # float32, so the answer is known to rounding, and a wrong row or a wrapped index shows.
+    n, d = 70000, 2
+    rng = np.random.default_rng(7)
+    q = np.zeros((1, n, d), np.float32)
+    k = randn(rng, (1, n, d))
+    v = rng.integers(-4, 5, size=(1, n, 3)).astype(np.float32)
+    out, lse = sdpa(q, k, v, causal=True, return_lse=True)
+    expected = np.cumsum(v[0].astype(np.float64), axis=0) / np.arange(1, n + 1)[:, None]
+    np.testing.assert_allclose(out[0], expected, rtol=0, atol=2e-6 * 4)
+    np.testing.assert_allclose(lse[0], np.log(np.arange(1, n + 1)), rtol=1e-6)
+    # the last query sees every key: the plain mean, and bottom_right with Lq = 1 agrees
+    last = sdpa(q[:, -1:], k, v, causal="bottom_right")
+    np.testing.assert_allclose(last[0, 0], v[0].astype(np.float64).mean(axis=0), atol=8e-6)
+
+
+# ============================================================================= concurrency
+# Each row: (id, make(rng) -> call), `call()` returning a list of arrays: a call of moderate size.
+
+
+def _sdpa_call(rng, **opts):
+    q, k, v = randn(rng, (2, 4, 150, 40)), randn(rng, (2, 2, 170, 40)), randn(rng, (2, 2, 170, 24))
+    return lambda: list(sdpa(q, k, v, return_lse=True, **opts))
+
+
+def _sdpa_decode_call(rng):
+    q, k, v = randn(rng, (1, 2, 1, 64)), randn(rng, (1, 1, 6000, 64)), randn(rng, (1, 1, 6000, 64))
+    return lambda: [sdpa(q, k, v)]
+
+
+def _attention_call(rng, align, score="additive"):
+    q, k, v = randn(rng, (2, 90, 16)), randn(rng, (2, 130, 16)), randn(rng, (2, 130, 8))
+    params = additive_params(rng, 16, 16) if score == "additive" else None
+    return lambda: list(fastattn.attention(q, k, v, score=score, align=align, params=params,
+                                           return_weights=True))
+
+
+def _output_layer_call(rng):
+    c, w, b = randn(rng, (200, 64)), randn(rng, (300, 64)), randn(rng, (300,))
+    return lambda: [fastattn.output_layer(c, w, b)]
+
+
+CALLS = table("concurrency", [
+    ("scaled_dot_product_attention: causal", lambda rng: _sdpa_call(rng, causal=True)),
+    ("scaled_dot_product_attention: window and kv_lengths",
+     lambda rng: _sdpa_call(rng, window=(30, 5), kv_lengths=np.array([170, 77]))),
+    ("scaled_dot_product_attention: decoding (split-KV)", _sdpa_decode_call),
+] + [(f"attention: additive {align}", lambda rng, a=align: _attention_call(rng, a)) for align in ALIGNS] + [
+    ("attention: dot softmax", lambda rng: _attention_call(rng, "softmax", "dot")),
+    ("output_layer", _output_layer_call),
+])
+
+
+def test_concurrent_calls_match_serial(rng):
+    calls = [make(rng) for _, make in CALLS]
+    serial = [call() for call in calls]
+    errors, results = [], {}
+    barrier = threading.Barrier(6)
+
+    def work(t):
+        try:
+            order = np.random.default_rng(t).permutation(len(calls))
+            barrier.wait()
+            for _ in range(2):
+                for i in order:
+                    results[(t, i)] = calls[i]()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    for (t, i), res in results.items():
+        for got, want in zip(res, serial[i]):
+            np.testing.assert_array_equal(got, want, err_msg=f"{CALLS[i][0]}, thread {t}")
+
+
+def _gil_sdpa(rng):
+    q, k, v = (randn(rng, (8, 3000, 64)) for _ in range(3))
+    return lambda: sdpa(q, k, v)
+
+
+def _gil_attention(rng):
+    q, k, v = randn(rng, (1500, 32)), randn(rng, (1500, 32)), randn(rng, (1500, 16))
+    params = additive_params(rng, 32, 32, da=32)
+    return lambda: fastattn.attention(q, k, v, score="additive", align="sparsemax", params=params)
+
+
+GIL = table("gil", [
+    ("scaled_dot_product_attention", _gil_sdpa),
+    ("attention: additive sparsemax (general kernel)", _gil_attention),
+])
+
+
+@pytest.mark.parametrize("case", GIL, ids=ids(GIL))
+def test_gil_released_while_kernels_run(rng, case):
+    call = case[1](rng)
+    span = {}
+
+    def worker():
+        t0 = time.perf_counter()
+        call()
+        span["t"] = (t0, time.perf_counter())
+
+    th = threading.Thread(target=worker)
+    last = time.perf_counter()
+    max_gap, ticks = 0.0, 0
+    th.start()
+    while th.is_alive():  # this thread keeps running only if the worker let go of the GIL
+        now = time.perf_counter()
+        max_gap, last, ticks = max(max_gap, now - last), now, ticks + 1
+    th.join()
+    duration = span["t"][1] - span["t"][0]
+    assert duration > 0.05, "the call is too short to tell"
+    assert max_gap < 0.5 * duration, f"this thread stalled {max_gap:.3f} s during a {duration:.3f} s call"
+    assert ticks > 1000
+
+
+THREADS_CODE = r"""
+import os, numpy as np, fastattn
+def os_threads():
+    return len(os.listdir("/proc/self/task"))
+rng = np.random.default_rng(0)
+q, k, v = (rng.standard_normal((4, 2, 600, 64)).astype(np.float32) for _ in range(3))
+fastattn.set_num_threads(1)
+base = os_threads()
+fastattn.scaled_dot_product_attention(q, k, v)
+one = os_threads()
+fastattn.set_num_threads(3)
+fastattn.scaled_dot_product_attention(q, k, v)
+three = os_threads()
+print(base, one, three, fastattn.get_num_threads())
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc/self/task (Linux)")
+def test_thread_count_changes_take_effect():
+    # A kernel told 1 thread starts no worker; told 3, the OpenMP runtime has 2 more threads.
+    # BLAS is held to one thread so NumPy's own pool does not blur the count.
+    if not fastattn.backends()["cpu"]["openmp"]:
+        pytest.skip("built without OpenMP: one thread always")
+    r = run_python(THREADS_CODE, timeout=300, OPENBLAS_NUM_THREADS=1, MKL_NUM_THREADS=1, OMP_NUM_THREADS=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    base, one, three, n = map(int, r.stdout.split())
+    assert n == 3
+    assert one == base, f"with 1 thread the kernel started workers: {base} -> {one} OS threads"
+    assert three == base + 2, f"with 3 threads: {base} -> {three} OS threads, expected {base + 2}"
+
+
+# ============================================================================= determinism
+# Same inputs and thread count: bitwise identical results. Across thread counts: bitwise identical
+# too, except where the work split depends on the thread count (split-KV decoding): there the
+# results agree to ACROSS_THREADS_RTOL. (Across ISAs results differ in rounding; each is within
+# the accuracy bound of the reference, checked per ISA above.)
+ACROSS_THREADS_RTOL = 1e-6
+SPLIT_BY_THREADS = {"scaled_dot_product_attention: decoding (split-KV)"}
+table("determinism", CALLS)
+
+
+def test_deterministic_for_a_thread_count(rng, restore_threads):
+    calls = [make(rng) for _, make in CALLS]
+    by_threads = {}
+    for n in (1, 2, 3):
+        fastattn.set_num_threads(n)
+        first = [call() for call in calls]
+        for _ in range(2):
+            for (name, _), call, want in zip(CALLS, calls, first):
+                for got, w in zip(call(), want):
+                    np.testing.assert_array_equal(got, w, err_msg=f"{name}, {n} threads, repeated")
+        by_threads[n] = first
+    for n in (2, 3):
+        for (name, _), got_all, want_all in zip(CALLS, by_threads[n], by_threads[1]):
+            for got, want in zip(got_all, want_all):
+                if name in SPLIT_BY_THREADS:
+                    np.testing.assert_allclose(got, want, rtol=ACROSS_THREADS_RTOL, atol=ACROSS_THREADS_RTOL)
+                else:
+                    np.testing.assert_array_equal(got, want, err_msg=f"{name}: {n} threads vs 1")
+
+
+# ============================================================================= coverage of the tables
+
+
+def test_every_entry_point_has_rows():
+    public = set(fastattn.__all__)
+    unknown = public - set(ARRAY_ENTRY_POINTS) - CONTROL
+    assert not unknown, (f"new public names {sorted(unknown)}: add them to ARRAY_ENTRY_POINTS (and rows to "
+                         f"every table in tests/test_guarantees.py and tests/test_bad_input.py) or to CONTROL")
+    import test_bad_input
+
+    tables = dict(TABLES, bad_input=test_bad_input.CASES)
+    for guarantee, rows in tables.items():
+        covered = {row[0].split(":")[0] for row in rows}
+        for entry in ARRAY_ENTRY_POINTS:
+            if (guarantee, entry) not in EXEMPT:
+                assert entry in covered, f"{entry} has no rows in the {guarantee!r} table"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
