@@ -9,6 +9,7 @@ namespace cpu {
 
 SdpaKernel sdpa_kernel(Isa isa);
 AttentionKernel attention_kernel(Isa isa);
+LayerNormKernel layer_norm_kernel(Isa isa);
 
 }  // namespace cpu
 }  // namespace fastattn

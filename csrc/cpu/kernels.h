@@ -3,6 +3,7 @@
 #pragma once
 
 #include "fastattn/attention_params.h"
+#include "fastattn/layer_norm_params.h"
 #include "fastattn/sdpa_params.h"
 
 namespace fastattn {
@@ -10,14 +11,18 @@ namespace cpu {
 
 using SdpaKernel = void (*)(const SdpaParams&);
 using AttentionKernel = void (*)(const AttentionParams&);
+using LayerNormKernel = void (*)(const LayerNormParams&);
 
 void sdpa_scalar(const SdpaParams& p);
 void attention_scalar(const AttentionParams& p);
+void layer_norm_scalar(const LayerNormParams& p);
 #if FASTATTN_HAVE_X86
 void sdpa_avx2(const SdpaParams& p);
 void sdpa_avx512(const SdpaParams& p);
 void attention_avx2(const AttentionParams& p);
 void attention_avx512(const AttentionParams& p);
+void layer_norm_avx2(const LayerNormParams& p);
+void layer_norm_avx512(const LayerNormParams& p);
 #endif
 
 }  // namespace cpu
