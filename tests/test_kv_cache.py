@@ -127,3 +127,23 @@ def test_cache_errors(rng):
         layer.new_cache(2, 0)
     out, _ = layer(x[:, :3], cache=cache, causal=True)  # still usable: exactly full now
     assert cache.length == 8
+
+
+def test_decoder_example_cached_equals_uncached():
+    import os
+    import sys
+
+    examples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    sys.path.insert(0, examples)
+    try:
+        import kv_cache_decoder as example
+    finally:
+        sys.path.remove(examples)
+    model = example.TinyDecoder(dim=64, heads=4, kv_heads=2, max_length=40, seed=3)
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, len(example.ALPHABET), (2, 7))
+    noise = rng.gumbel(size=(2, 30, len(example.ALPHABET))).astype(np.float32)
+    tokens, logits, _ = example.generate(model, prompt, noise, use_cache=True)
+    full_tokens, full_logits, _ = example.generate(model, prompt, noise, use_cache=False)
+    assert np.array_equal(tokens, full_tokens)
+    np.testing.assert_allclose(logits, full_logits, rtol=0, atol=1e-5 * np.abs(full_logits).max())
