@@ -29,7 +29,7 @@ import sys
 import numpy as np
 
 import fastattn
-from fastattn._benchmark import TimingPlan, cpu_model, time_interleaved
+from fastattn._benchmark import OtherLoad, TimingPlan, cpu_model, time_interleaved
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> dict:
                       max_reps=60)
 
     rows = []
+    load = OtherLoad()
     for n in args.lengths:
         def step(n=n):
             cache.length = n  # n positions cached; the step appends the (n + 1)-th
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> dict:
         "proj_median_ms": float(np.median([r["proj_ms"] for r in rows])),
     }
     return {
+        "other_load": load.fraction(),
         "config": {"embed_dim": e, "num_heads": h, "num_kv_heads": hkv, "head_dim": d,
                    "dtype": "float32", "batch": 1, "bytes_per_cached_position": bytes_per_position,
                    "threads": threads, "isa": fastattn.backends()["cpu"]["isa"],
@@ -122,6 +124,9 @@ def markdown(res: dict) -> str:
         f"{f['cache_read_GBps']:.1f} GB/s; the intercept compares with the projections' "
         f"{f['proj_median_ms']:.3f} ms (median).",
     ]
+    if res.get("other_load") is not None:
+        lines += ["", f"other processes used {100 * res['other_load']:.0f}% of the machine's CPU "
+                  "time during the run"]
     return "\n".join(lines)
 
 
