@@ -22,6 +22,7 @@ a is comparable to proj. step - proj - sdpa is what the layer adds (Python, the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -30,6 +31,42 @@ import numpy as np
 
 import fastattn
 from fastattn._benchmark import OtherLoad, TimingPlan, cpu_model, time_interleaved
+
+
+def time_length(n, layer, cache, x, w_in, b_in, w_out, b_out, q, e, bytes_per_position, plan):
+    """Interleaved timings of a decode step at n cached positions, its projections, its SDPA."""
+    def step(n=n):
+        cache.length = n  # n positions cached; the step appends the (n + 1)-th
+        return layer(x, cache=cache, causal=True)[0]
+
+    def proj():
+        qkv = x[0] @ w_in.T + b_in
+        return qkv[:, :e] @ w_out.T + b_out  # a stand-in of the merged heads: same GEMV
+
+    def sdpa(n=n):
+        return fastattn.scaled_dot_product_attention(
+            q, cache.key[:, :, :n + 1], cache.value[:, :, :n + 1], causal="bottom_right")
+
+    timings, _, errors = time_interleaved({"step": step, "proj": proj, "sdpa": sdpa}, plan)
+    if errors:
+        raise RuntimeError(errors)
+    med = {k: t.median_s for k, t in timings.items()}
+    row = {"cached": n, **{f"{k}_ms": v * 1e3 for k, v in med.items()},
+           "sdpa_GBps": (n + 1) * bytes_per_position / med["sdpa"] / 1e9,
+           "rest_ms": (med["step"] - med["proj"] - med["sdpa"]) * 1e3,
+           "reps": len(timings["step"].samples_s)}
+    print(f"cached {n:6d}: step {row['step_ms']:.3f} ms, proj {row['proj_ms']:.3f} ms, "
+          f"sdpa {row['sdpa_ms']:.3f} ms ({row['sdpa_GBps']:.1f} GB/s), "
+          f"rest {row['rest_ms']:+.3f} ms", file=sys.stderr, flush=True)
+    return row
+
+
+def blas_limit(threads: int):
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext(), "NumPy's BLAS pool not limited: threadpoolctl missing"
+    return threadpool_limits(limits=threads, user_api="blas"), f"NumPy's BLAS {threads} threads"
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -56,31 +93,11 @@ def run(args: argparse.Namespace) -> dict:
 
     rows = []
     load = OtherLoad()
-    for n in args.lengths:
-        def step(n=n):
-            cache.length = n  # n positions cached; the step appends the (n + 1)-th
-            return layer(x, cache=cache, causal=True)[0]
-
-        def proj():
-            qkv = x[0] @ w_in.T + b_in
-            return qkv[:, :e] @ w_out.T + b_out  # a stand-in of the merged heads: same GEMV
-
-        def sdpa(n=n):
-            return fastattn.scaled_dot_product_attention(
-                q, cache.key[:, :, :n + 1], cache.value[:, :, :n + 1], causal="bottom_right")
-
-        timings, _, errors = time_interleaved({"step": step, "proj": proj, "sdpa": sdpa}, plan)
-        if errors:
-            raise RuntimeError(errors)
-        med = {k: t.median_s for k, t in timings.items()}
-        row = {"cached": n, **{f"{k}_ms": v * 1e3 for k, v in med.items()},
-               "sdpa_GBps": (n + 1) * bytes_per_position / med["sdpa"] / 1e9,
-               "rest_ms": (med["step"] - med["proj"] - med["sdpa"]) * 1e3,
-               "reps": len(timings["step"].samples_s)}
-        rows.append(row)
-        print(f"cached {n:6d}: step {row['step_ms']:.3f} ms, proj {row['proj_ms']:.3f} ms, "
-              f"sdpa {row['sdpa_ms']:.3f} ms ({row['sdpa_GBps']:.1f} GB/s), "
-              f"rest {row['rest_ms']:+.3f} ms", file=sys.stderr, flush=True)
+    limit, blas_note = blas_limit(threads)
+    with limit:
+        for n in args.lengths:
+            rows.append(time_length(n, layer, cache, x, w_in, b_in, w_out, b_out, q, e,
+                                    bytes_per_position, plan))
 
     n = np.array([r["cached"] for r in rows], np.float64)
     t = np.array([r["step_ms"] for r in rows]) / 1e3
@@ -93,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
         "proj_median_ms": float(np.median([r["proj_ms"] for r in rows])),
     }
     return {
-        "other_load": load.fraction(),
+        "other_load": load.fraction(), "blas": blas_note,
         "config": {"embed_dim": e, "num_heads": h, "num_kv_heads": hkv, "head_dim": d,
                    "dtype": "float32", "batch": 1, "bytes_per_cached_position": bytes_per_position,
                    "threads": threads, "isa": fastattn.backends()["cpu"]["isa"],
@@ -107,7 +124,8 @@ def markdown(res: dict) -> str:
     c, f = res["config"], res["fit"]
     lines = [
         f"MultiHeadAttention({c['embed_dim']}, {c['num_heads']}, num_kv_heads={c['num_kv_heads']}), "
-        f"float32, batch 1, one new token per step | ISA {c['isa']} | threads {c['threads']} | "
+        f"float32, batch 1, one new token per step | ISA {c['isa']} | threads {c['threads']} "
+        f"({res['blas']}) | "
         f"{c['cpu']} | numpy {c['numpy']}",
         "",
         "| cached positions | step ms | proj ms | sdpa ms | sdpa GB/s | step - proj - sdpa ms |",
