@@ -358,3 +358,28 @@ def test_load_state_dict_errors():
     separate = fastattn.MultiHeadAttention(8, 2, kdim=3)
     with pytest.raises(ValueError, match="missing.*q_proj_weight"):
         separate.load_state_dict(good)
+
+
+@pytest.mark.parametrize("pad_kind,mask_kind", [("float", "bool"), ("bool", "float"),
+                                                ("float", "float"), ("bool", "bool")])
+def test_padding_and_mask_combinations(rng, pad_kind, mask_kind):
+    layer = fastattn.MultiHeadAttention(24, 4, num_kv_heads=2, seed=int(rng.integers(1 << 30)))
+    b, lq, lk = 3, 5, 8
+    q = rng.standard_normal((b, lq, 24)).astype(np.float32)
+    k = rng.standard_normal((b, lk, 24)).astype(np.float32)
+    if pad_kind == "bool":
+        pad = _padding(rng, b, lk, "scattered")
+    else:
+        pad = rng.standard_normal((b, lk)).astype(np.float32)
+        pad[0, 3] = -np.inf
+    if mask_kind == "bool":
+        am = rng.random((b, 1, lq, lk)) < 0.7
+    else:
+        am = rng.standard_normal((lq, lk)).astype(np.float32)
+        am[1, :] = -np.inf  # query 1 sees nothing: zeros
+    out, w = layer(q, k, k, key_padding_mask=pad, attn_mask=am, need_weights=True,
+                   average_attn_weights=False)
+    ref, ref_w = mha_reference(layer.state_dict(), 4, 2, q, k, k, key_padding_mask=pad,
+                               attn_mask=am)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=TOL)
+    np.testing.assert_allclose(w, ref_w, rtol=0, atol=TOL)
