@@ -70,7 +70,7 @@ def test_half_dtypes(rng, dtype):
 
 
 def test_large_parallel_and_strided(rng, restore_threads):
-    x = rng.standard_normal((64, 300, 96)).astype(np.float32)
+    x = rng.standard_normal((64, 300, 96)).astype(np.float32)  # 1.8M elements: in parallel
     w, b = rng.standard_normal(96).astype(np.float32), rng.standard_normal(96).astype(np.float32)
     fastattn.set_num_threads(2)
     a = check(x, w, b)

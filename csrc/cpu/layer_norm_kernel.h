@@ -87,7 +87,9 @@ static void layer_norm_typed(const LayerNormParams& p) {
   // About 16K elements per unit: big enough to amortise the scheduling, small enough to balance.
   const int64_t rows_per_unit = max64(1, (int64_t(1) << 14) / p.d);
   const int64_t units = (p.rows + rows_per_unit - 1) / rows_per_unit;
-  const bool parallel = p.num_threads > 1 && p.rows * p.d >= (int64_t(1) << 16);
+  // Threads only for about a millisecond of work or more: below that, waking them saves less than
+  // it risks (a thread that is descheduled on a busy machine holds the others at the barrier).
+  const bool parallel = p.num_threads > 1 && p.rows * p.d >= (int64_t(1) << 20);
   for_each_unit(units, parallel, p.num_threads, 64, [&](int64_t unit, void*) {
     const int64_t end = min64(p.rows, (unit + 1) * rows_per_unit);
     for (int64_t r = unit * rows_per_unit; r < end; ++r) rows.run_row(r);
