@@ -430,7 +430,8 @@ py::str layer_norm(py::handle x_handle, py::handle weight, py::handle bias, py::
   const py::array x = as_array(x_handle, "x");
   py::array out = as_array(out_handle, "out");
   const int64_t itemsize = x.itemsize();
-  if (itemsize != 4 && itemsize != 8) internal_error("layer_norm computes in float32 or float64");
+  if ((itemsize != 4 && itemsize != 8) || x.dtype().kind() != 'f' || out.dtype().kind() != 'f')
+    internal_error("layer_norm computes in float32 or float64");
   check_operand(x, "x", 2, itemsize);
   check_operand(out, "out", 2, itemsize);
   if (!(out.flags() & py::array::c_style) || out.shape(0) != x.shape(0) ||
@@ -450,7 +451,7 @@ py::str layer_norm(py::handle x_handle, py::handle weight, py::handle bias, py::
     if (h.is_none()) continue;
     *a = as_array(h, "weight or bias");
     if (a->ndim() != 1 || a->shape(0) != p.d || a->itemsize() != itemsize ||
-        !(a->flags() & py::array::c_style))
+        a->dtype().kind() != 'f' || !(a->flags() & py::array::c_style))
       internal_error("weight and bias must be contiguous (d,) arrays of x's dtype");
     *ptr = a->data();
   }
