@@ -383,3 +383,31 @@ def test_padding_and_mask_combinations(rng, pad_kind, mask_kind):
                                attn_mask=am)
     np.testing.assert_allclose(out, ref, rtol=0, atol=TOL)
     np.testing.assert_allclose(w, ref_w, rtol=0, atol=TOL)
+
+
+_ISA_CHECK = """
+import numpy as np, fastattn
+from reference_layers import mha_reference
+rng = np.random.default_rng(%d)
+for e, h, hkv in ((48, 6, 2), (40, 5, 5), (36, 3, 1)):
+    layer = fastattn.MultiHeadAttention(e, h, num_kv_heads=hkv, seed=int(rng.integers(1 << 30)))
+    x = rng.standard_normal((2, 19, e)).astype(np.float32)
+    pad = np.zeros((2, 19), bool); pad[1, 13:] = True; pad[0, 2] = True
+    out, w = layer(x, key_padding_mask=pad, causal=True, need_weights=True, average_attn_weights=False)
+    ref, ref_w = mha_reference(layer.state_dict(), h, hkv, x, key_padding_mask=pad, causal=True)
+    assert np.abs(out - ref).max() <= 2e-5 and np.abs(w - ref_w).max() <= 2e-5
+    cache = layer.new_cache(2, 19)
+    steps = [layer(x[:, t:t + 1], cache=cache, causal=True)[0] for t in range(19)]
+    assert np.abs(np.concatenate(steps, 1) - layer(x, causal=True)[0]).max() <= 1e-5
+    assert fastattn.last_kernel().startswith("cpu/%s/"), fastattn.last_kernel()
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("isa", fastattn.backends()["cpu"]["available_isas"])
+def test_every_isa(isa, rng):
+    from helpers import run_python
+
+    r = run_python(_ISA_CHECK % (int(rng.integers(1 << 31)), isa), timeout=120,
+                   FASTATTN_CPU_ISA=isa)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
