@@ -7,8 +7,7 @@ read of K and V), and the output projection (one GEMV over (E, E)). The claim to
 all it costs. So, per cached length n, interleaved:
 
   step        the layer's decode step
-  proj        the two projections alone, on the same weights, as the step runs them (fastattn's
-              few-row kernel); proj on BLAS: the same GEMVs on NumPy's BLAS, for comparison
+  proj        the two GEMVs alone, on the same weights (NumPy's BLAS)
   sdpa        scaled_dot_product_attention of the step's queries over the n + 1 cached positions
 
 and a least-squares line step(n) = a + b n. b turned into bytes/s of the cache read
@@ -32,7 +31,6 @@ import numpy as np
 
 import fastattn
 from fastattn._benchmark import OtherLoad, TimingPlan, cpu_model, time_interleaved
-from fastattn.layers import _project
 
 
 def time_length(n, layer, cache, x, w_in, b_in, w_out, b_out, q, e, bytes_per_position, plan):
@@ -41,20 +39,15 @@ def time_length(n, layer, cache, x, w_in, b_in, w_out, b_out, q, e, bytes_per_po
         cache.length = n  # n positions cached; the step appends the (n + 1)-th
         return layer(x, cache=cache, causal=True)[0]
 
-    def proj():  # as the step projects: fastattn's few-row kernel (fastattn.layers._project)
-        qkv = _project(x, w_in, b_in)
-        return _project(qkv[..., :e], w_out, b_out)  # a stand-in of the merged heads
-
-    def proj_blas():  # the same with NumPy's BLAS GEMV, for comparison
+    def proj():
         qkv = x[0] @ w_in.T + b_in
-        return qkv[:, :e] @ w_out.T + b_out
+        return qkv[:, :e] @ w_out.T + b_out  # a stand-in of the merged heads: same GEMV
 
     def sdpa(n=n):
         return fastattn.scaled_dot_product_attention(
             q, cache.key[:, :, :n + 1], cache.value[:, :, :n + 1], causal="bottom_right")
 
-    timings, _, errors = time_interleaved(
-        {"step": step, "proj": proj, "sdpa": sdpa, "proj_blas": proj_blas}, plan)
+    timings, _, errors = time_interleaved({"step": step, "proj": proj, "sdpa": sdpa}, plan)
     if errors:
         raise RuntimeError(errors)
     med = {k: t.median_s for k, t in timings.items()}
@@ -135,14 +128,12 @@ def markdown(res: dict) -> str:
         f"({res['blas']}) | "
         f"{c['cpu']} | numpy {c['numpy']}",
         "",
-        "| cached positions | step ms | proj ms | sdpa ms | sdpa GB/s | step - proj - sdpa ms "
-        "| proj on BLAS ms |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| cached positions | step ms | proj ms | sdpa ms | sdpa GB/s | step - proj - sdpa ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in res["rows"]:
         lines.append(f"| {r['cached']} | {r['step_ms']:.3f} | {r['proj_ms']:.3f} | "
-                     f"{r['sdpa_ms']:.3f} | {r['sdpa_GBps']:.1f} | {r['rest_ms']:+.3f} | "
-                     f"{r['proj_blas_ms']:.3f} |")
+                     f"{r['sdpa_ms']:.3f} | {r['sdpa_GBps']:.1f} | {r['rest_ms']:+.3f} |")
     lines += [
         "",
         f"Least-squares fit step(n) = {f['intercept_ms']:.3f} ms + n x "

@@ -411,31 +411,3 @@ def test_every_isa(isa, rng):
     r = run_python(_ISA_CHECK % (int(rng.integers(1 << 31)), isa), timeout=120,
                    FASTATTN_CPU_ISA=isa)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
-
-
-@pytest.mark.parametrize("m", [1, 2, 3, 7, 8, 9, 20])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_projection_of_few_and_many_rows(rng, m, dtype, restore_threads):
-    # Up to 8 rows (decode steps) the projection runs on fastattn's linear kernel, beyond on BLAS.
-    from fastattn.layers import _project
-
-    tol = 2e-6 if dtype == "float32" else 1e-13
-    for k, n, threads in ((1, 5, 1), (7, 17, 1), (9, 3, 2), (33, 40, 1), (100, 64, 2),
-                          (600, 700, 2)):  # the last is 420K weights: threaded
-        fastattn.set_num_threads(threads)
-        big = rng.standard_normal((2, m, 2 * k)).astype(dtype)
-        x = big[:1, :, 1:k + 1]  # strided rows
-        w = rng.standard_normal((n, k)).astype(dtype)
-        b = rng.standard_normal(n).astype(dtype)
-        ref = x[0].astype(np.float64) @ w.T.astype(np.float64) + b
-        scale = np.abs(x).max() * np.abs(w).max() * k
-        for bias in (b, None):
-            y = _project(x, w, bias)
-            assert y.shape == (1, m, n) and y.dtype == dtype
-            want = ref if bias is not None else ref - b
-            assert np.abs(y[0] - want).max() <= tol * scale, (k, n, threads)
-        if m <= 8:  # the kernel itself, as _project calls it
-            out = np.empty((m, n), dtype)
-            name = fastattn._cpu.linear(np.ascontiguousarray(x[0]), w, b, out)
-            assert name.split("/")[2] == "linear"
-            assert np.abs(out - ref).max() <= tol * scale

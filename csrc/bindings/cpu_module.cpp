@@ -17,7 +17,6 @@
 #include "cpu/threads.h"
 #include "fastattn/attention_params.h"
 #include "fastattn/layer_norm_params.h"
-#include "fastattn/linear_params.h"
 #include "fastattn/sdpa_params.h"
 
 namespace py = pybind11;
@@ -467,51 +466,6 @@ py::str layer_norm(py::handle x_handle, py::handle weight, py::handle bias, py::
                  (p.f64 ? "float64" : "float32"));
 }
 
-// out = x W^T + b for a few rows (MultiHeadAttention's decode-step projections) on normalised
-// operands: x (m, k) and W (n, k) with contiguous rows, float32 or float64; bias None or
-// contiguous (n,); out C-contiguous (m, n); all of one dtype.
-py::str linear(py::handle x_handle, py::handle w_handle, py::handle bias, py::handle out_handle) {
-  const py::array x = as_array(x_handle, "x"), w = as_array(w_handle, "w");
-  py::array out = as_array(out_handle, "out");
-  const int64_t itemsize = x.itemsize();
-  for (const py::array* a : {&x, &w, static_cast<const py::array*>(&out)})
-    if (a->dtype().kind() != 'f' || (itemsize != 4 && itemsize != 8))
-      internal_error("linear computes in float32 or float64");
-  check_operand(x, "x", 2, itemsize);
-  check_operand(w, "w", 2, itemsize);
-  check_operand(out, "out", 2, itemsize);
-  if (!(out.flags() & py::array::c_style) || w.shape(1) != x.shape(1) ||
-      out.shape(0) != x.shape(0) || out.shape(1) != w.shape(0))
-    internal_error("linear needs x (m, k), w (n, k) and a C-contiguous out (m, n)");
-  fastattn::LinearParams p;
-  p.f64 = itemsize == 8;
-  p.m = x.shape(0);
-  p.n = w.shape(0);
-  p.k = x.shape(1);
-  p.x = x.data();
-  p.x_row_stride = p.m > 1 ? elem_stride(x, 0, itemsize) : 0;
-  p.w = w.data();
-  p.w_row_stride = p.n > 1 ? elem_stride(w, 0, itemsize) : 0;
-  p.out = out.mutable_data();
-  py::array bias_array;
-  if (!bias.is_none()) {
-    bias_array = as_array(bias, "bias");
-    if (bias_array.ndim() != 1 || bias_array.shape(0) != p.n || bias_array.itemsize() != itemsize ||
-        bias_array.dtype().kind() != 'f' || !(bias_array.flags() & py::array::c_style))
-      internal_error("bias must be a contiguous (n,) array of x's dtype");
-    p.bias = bias_array.data();
-  }
-  p.num_threads = fastattn::cpu::get_num_threads();
-  const fastattn::cpu::Isa isa = fastattn::cpu::chosen_isa();
-  const fastattn::cpu::LinearKernel kernel = fastattn::cpu::linear_kernel(isa);
-  {
-    py::gil_scoped_release release;
-    kernel(p);
-  }
-  return py::str(std::string("cpu/") + fastattn::cpu::isa_name(isa) + "/linear/" +
-                 (p.f64 ? "float64" : "float32"));
-}
-
 std::vector<std::string> names(const std::vector<fastattn::cpu::Isa>& isas) {
   std::vector<std::string> out;
   for (auto isa : isas) out.emplace_back(fastattn::cpu::isa_name(isa));
@@ -542,9 +496,6 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("out"), py::arg("eps"),
         "Layer normalisation of the rows of x on normalised operands; returns the kernel's name. "
         "Private: call fastattn.layer_norm.");
-  m.def("linear", &linear, py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("out"),
-        "out = x w^T + bias for a few rows of x on normalised operands; returns the kernel's name. "
-        "Private: used by fastattn.MultiHeadAttention's decode steps.");
   m.def("isa", [] { return std::string(fastattn::cpu::isa_name(fastattn::cpu::chosen_isa())); },
         "The ISA the kernels run on; RuntimeError if FASTATTN_CPU_ISA forces one this CPU lacks.");
   m.def("compiled_isas", [] { return names(fastattn::cpu::compiled_isas()); });

@@ -33,15 +33,5 @@ LayerNormKernel layer_norm_kernel(Isa isa) {
   }
 }
 
-LinearKernel linear_kernel(Isa isa) {
-  switch (isa) {
-#if FASTATTN_HAVE_X86
-    case Isa::avx512: return &linear_avx512;
-    case Isa::avx2: return &linear_avx2;
-#endif
-    default: return &linear_scalar;
-  }
-}
-
 }  // namespace cpu
 }  // namespace fastattn

@@ -10,7 +10,6 @@ namespace cpu {
 SdpaKernel sdpa_kernel(Isa isa);
 AttentionKernel attention_kernel(Isa isa);
 LayerNormKernel layer_norm_kernel(Isa isa);
-LinearKernel linear_kernel(Isa isa);
 
 }  // namespace cpu
 }  // namespace fastattn

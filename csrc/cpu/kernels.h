@@ -4,7 +4,6 @@
 
 #include "fastattn/attention_params.h"
 #include "fastattn/layer_norm_params.h"
-#include "fastattn/linear_params.h"
 #include "fastattn/sdpa_params.h"
 
 namespace fastattn {
@@ -13,12 +12,10 @@ namespace cpu {
 using SdpaKernel = void (*)(const SdpaParams&);
 using AttentionKernel = void (*)(const AttentionParams&);
 using LayerNormKernel = void (*)(const LayerNormParams&);
-using LinearKernel = void (*)(const LinearParams&);
 
 void sdpa_scalar(const SdpaParams& p);
 void attention_scalar(const AttentionParams& p);
 void layer_norm_scalar(const LayerNormParams& p);
-void linear_scalar(const LinearParams& p);
 #if FASTATTN_HAVE_X86
 void sdpa_avx2(const SdpaParams& p);
 void sdpa_avx512(const SdpaParams& p);
@@ -26,8 +23,6 @@ void attention_avx2(const AttentionParams& p);
 void attention_avx512(const AttentionParams& p);
 void layer_norm_avx2(const LayerNormParams& p);
 void layer_norm_avx512(const LayerNormParams& p);
-void linear_avx2(const LinearParams& p);
-void linear_avx512(const LinearParams& p);
 #endif
 
 }  // namespace cpu

@@ -19,9 +19,7 @@ struct Tuning {
 #include "cpu/sdpa_kernel.h"
 #include "cpu/attention_kernel.h"
 #include "cpu/layer_norm_kernel.h"
-#include "cpu/linear_kernel.h"
 
 void fastattn::cpu::sdpa_avx2(const SdpaParams& p) { fastattn::avx2::sdpa(p); }
 void fastattn::cpu::attention_avx2(const AttentionParams& p) { fastattn::avx2::attention(p); }
 void fastattn::cpu::layer_norm_avx2(const LayerNormParams& p) { fastattn::avx2::layer_norm(p); }
-void fastattn::cpu::linear_avx2(const LinearParams& p) { fastattn::avx2::linear(p); }

@@ -18,9 +18,7 @@ struct Tuning {
 #include "cpu/sdpa_kernel.h"
 #include "cpu/attention_kernel.h"
 #include "cpu/layer_norm_kernel.h"
-#include "cpu/linear_kernel.h"
 
 void fastattn::cpu::sdpa_avx512(const SdpaParams& p) { fastattn::avx512::sdpa(p); }
 void fastattn::cpu::attention_avx512(const AttentionParams& p) { fastattn::avx512::attention(p); }
 void fastattn::cpu::layer_norm_avx512(const LayerNormParams& p) { fastattn::avx512::layer_norm(p); }
-void fastattn::cpu::linear_avx512(const LinearParams& p) { fastattn::avx512::linear(p); }

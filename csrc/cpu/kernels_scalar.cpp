@@ -16,9 +16,7 @@ struct Tuning {
 #include "cpu/sdpa_kernel.h"
 #include "cpu/attention_kernel.h"
 #include "cpu/layer_norm_kernel.h"
-#include "cpu/linear_kernel.h"
 
 void fastattn::cpu::sdpa_scalar(const SdpaParams& p) { fastattn::scalar::sdpa(p); }
 void fastattn::cpu::attention_scalar(const AttentionParams& p) { fastattn::scalar::attention(p); }
 void fastattn::cpu::layer_norm_scalar(const LayerNormParams& p) { fastattn::scalar::layer_norm(p); }
-void fastattn::cpu::linear_scalar(const LinearParams& p) { fastattn::scalar::linear(p); }

@@ -9,7 +9,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from . import _cpu, _dtypes, _sdpa_args
+from . import _dtypes, _sdpa_args
 from .functional import scaled_dot_product_attention
 from .hf import bert_attention_state_dict
 from .kv_cache import KVCache
@@ -26,28 +26,15 @@ def _positive(x: Any, name: str) -> int:
     return n
 
 
-# Up to this many rows (a decode step's tokens), projections run on fastattn's own kernel: it
-# streams the weights once on the OpenMP threads the attention kernel uses next, where NumPy's BLAS
-# would leave its own threads spinning against them. More rows: a BLAS GEMM.
-_FEW_ROWS = 8
-
-
 def _project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
-    """x (B, L, n) @ weight.T + bias over all B * L rows at once, in weight's dtype (weight C-
-    contiguous rows)."""
+    """x (B, L, n) @ weight.T + bias as one GEMM over all B * L rows, in weight's dtype."""
     b, length, n = x.shape
     rows = x.reshape(b * length, n)  # a view when the rows are evenly spaced
     if rows.dtype != weight.dtype:
         rows = rows.astype(weight.dtype)
-    if rows.shape[0] <= _FEW_ROWS:
-        if (n > 1 and rows.strides[-1] != rows.itemsize) or not rows.flags.aligned:
-            rows = np.ascontiguousarray(rows)
-        y = np.empty((rows.shape[0], weight.shape[0]), weight.dtype)
-        _cpu.linear(rows, weight, bias, y)
-    else:
-        y = rows @ weight.T  # BLAS reads the transposed weight in place
-        if bias is not None:
-            y += bias
+    y = rows @ weight.T  # BLAS reads the transposed weight in place
+    if bias is not None:
+        y += bias
     return y.reshape(b, length, weight.shape[0])
 
 
