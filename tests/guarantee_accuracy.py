@@ -9,8 +9,10 @@ The error of a result is ``max|got - ref| / max(1, max|ref|)`` over the entries 
 finite; the entries the reference gives exactly (rows with no visible key: 0) must match exactly.
 float32 errors grow with the size of the scores (a score s is rounded to about 2^-24 |s| before
 it is exponentiated), so the float32 bounds are ``bound * (1 + S)``, S the largest |score| of
-the call (scaled, plus an additive mask). Lower-precision storage (float16, bfloat16) is bounded
-by its own rounding of the result; float64 by 1e-12 flat.
+the call (scaled, plus an additive mask; for vector_attention the largest |w_ij|: the relation's
+group sum or the weight MLP's output, plus an additive mask). Lower-precision storage (float16,
+bfloat16) is bounded by its own rounding of the result; float64 by 1e-12 flat. knn is exact: its
+bound is 0 (the indices of the float64 brute force, ties to the lower index).
 
 A new entry point adds a generator of Cases and a row in BOUNDS.
 """
@@ -26,6 +28,7 @@ from helpers import BF16, make_mask, randn
 from reference import prepare as sdpa_prepare
 from reference import sdpa_reference
 from reference_attention import attention_reference, attention_scores_reference, output_layer_reference
+from reference_vector import knn_reference, vector_attention_reference, vector_logits_reference
 
 
 class Case(NamedTuple):
@@ -48,6 +51,16 @@ BOUNDS = {
     ("output_layer", "float64"): 1e-12,
     ("output_layer", "float16"): 2e-3,
     ("output_layer", "bfloat16"): 1.6e-2,
+    # out and weights; S is the largest |w_ij| (the weight MLP's output, plus an additive mask)
+    ("vector_attention", "float32"): 1e-6,
+    ("vector_attention", "float64"): 1e-12,
+    ("vector_attention", "float16"): 2e-3,
+    ("vector_attention", "bfloat16"): 1.6e-2,
+    # exact: the indices of the float64 brute force (ties to the lower index); 0 allows no error
+    ("knn", "float32"): 0.0,
+    ("knn", "float64"): 0.0,
+    ("knn", "float16"): 0.0,
+    ("knn", "bfloat16"): 0.0,
 }
 # lse is returned in float32 for every storage dtype below float64: bounded as float32.
 LSE_BOUND = {"float64": 1e-12}
@@ -144,10 +157,67 @@ def output_layer_cases(rng: np.random.Generator, dtype: str) -> Iterator[Case]:
                    float(np.max(np.abs(logits))))
 
 
+def vector_attention_cases(rng: np.random.Generator, dtype: str) -> Iterator[Case]:
+    dt = _dt(dtype)
+    mdt = np.float64 if dtype == "float64" else np.float32
+    configs = [  # (form, C, G, relation, sharing, pos, MLP hidden (0: none), mask kind)
+        ("dense", 64, 8, "subtract", "blocked", True, 8, "none"),
+        ("dense", 24, 6, "multiply", "strided", False, 0, "bool"),
+        ("dense", 3, 3, "add", "blocked", True, 0, "additive_inf"),
+        ("dense", 67, 1, "subtract", "strided", False, 5, "additive"),
+        ("neighbour", 64, 8, "subtract", "blocked", True, 8, "none"),  # the PTv2 layer (tiled path)
+        ("neighbour", 16, 16, "add", "strided", True, 0, "bool"),
+        ("neighbour", 32, 4, "multiply", "blocked", False, 16, "none"),
+        ("neighbour", 5, 5, "subtract", "blocked", False, 0, "additive_inf"),
+    ]
+    for form, c, g, relation, sharing, pos, hidden, mask_kind in configs:
+        if form == "dense":
+            lq, lk, batch = 9, 150, (2,)
+            q, k, v = randn(rng, batch + (lq, c), dt), randn(rng, batch + (lk, c), dt), randn(rng, batch + (lk, c), dt)
+            kw = {}
+            p_shape = batch + (lq, lk, c)
+        else:
+            n, m, s = 40, 60, 16
+            q, k, v = randn(rng, (n, c), dt), randn(rng, (m, c), dt), randn(rng, (m, c), dt)
+            index = rng.integers(-1, m, (n, s))
+            index[3] = -1  # a query with no neighbour
+            kw = {"index": index}
+            lq, lk, p_shape = n, s, (n, s, c)
+        if pos:
+            kw["pos"] = randn(rng, p_shape, dt, 0.5)
+        if hidden:
+            kw["weight_mlp"] = (randn(rng, (hidden, c), dt, 2.0 / np.sqrt(c)), randn(rng, (hidden,), dt, 0.5),
+                                randn(rng, (g, hidden), dt, 2.0 / np.sqrt(hidden)), randn(rng, (g,), dt, 0.5))
+        else:
+            kw["groups"] = g
+        mask = make_mask(rng, mask_kind, (lq, lk), mdt)
+        if mask is not None:
+            kw["attn_mask"] = mask
+        out, w = fastattn.vector_attention(q, k, v, relation=relation, sharing=sharing, return_weights=True, **kw)
+        out_only = fastattn.vector_attention(q, k, v, relation=relation, sharing=sharing, **kw)
+        ref, ref_w = vector_attention_reference(q, k, v, relation=relation, sharing=sharing, **kw)
+        logits, visible = vector_logits_reference(q, k, v, relation=relation, sharing=sharing, **kw)
+        s_max = float(np.max(np.abs(logits[np.broadcast_to(visible, logits.shape[:-1])]), initial=0.0))
+        yield Case({"out": out, "weights": w, "out (no weights)": out_only},
+                   {"out": ref, "weights": ref_w, "out (no weights)": ref}, s_max)
+
+
+def knn_cases(rng: np.random.Generator, dtype: str) -> Iterator[Case]:
+    dt = _dt(dtype)
+    for n, d, k, nq in [(2000, 3, 16, None), (300, 7, 9, 50), (5, 2, 8, None), (500, 1, 4, 20)]:
+        pts = randn(rng, (n, d), dt)
+        qs = None if nq is None else randn(rng, (nq, d), dt)
+        grid = rng.integers(0, 5, (400, 2)).astype(dt)  # many equal distances: ties to the lower index
+        yield Case({"index": fastattn.knn(pts, k, queries=qs), "index (ties)": fastattn.knn(grid, 12)},
+                   {"index": knn_reference(pts, k, qs), "index (ties)": knn_reference(grid, 12)}, 0.0)
+
+
 ENTRY_POINTS: Dict[str, Callable[[np.random.Generator, str], Iterator[Case]]] = {
     "scaled_dot_product_attention": sdpa_cases,
     "attention": attention_cases,
     "output_layer": output_layer_cases,
+    "vector_attention": vector_attention_cases,
+    "knn": knn_cases,
 }
 
 
@@ -183,9 +253,10 @@ def measure(seed: int) -> Dict[str, Dict[str, float]]:
                     b32 = quantity == "lse" and dtype != "float64" or dtype == "float32"
                     allowed = b * (1.0 + case.score_max) if b32 else b
                     err = error(got, case.want[quantity])
+                    ratio = err / allowed if allowed > 0 else (0.0 if err == 0 else float("inf"))
                     key = f"{entry}/{dtype}/{quantity}"
-                    if key not in worst or err / allowed > worst[key]["ratio"]:
-                        worst[key] = {"error": err, "allowed": allowed, "ratio": err / allowed}
+                    if key not in worst or ratio > worst[key]["ratio"]:
+                        worst[key] = {"error": err, "allowed": allowed, "ratio": ratio}
     return worst
 
 

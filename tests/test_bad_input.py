@@ -7,8 +7,10 @@ name it calls; a new entry point appends its rows here (test_guarantees.py's
 test_every_entry_point_has_rows checks that every entry point has some). Categories per entry
 point: dtypes (int, bool, complex, object), mismatched shapes, non-broadcastable batches, wrong
 mask shapes, bad option values, out= (shape, dtype, read-only, layout, overlap), indices out of
-range. Detailed variants of the SDPA cases are in test_errors.py, of attention's in
-test_attention.py.
+range or of a float dtype; for vector_attention also groups that do not divide C and mis-shaped
+pos or weight-MLP arrays, for knn bad k and non-finite points. Detailed variants of the SDPA cases
+are in test_errors.py, of attention's in test_attention.py, of vector_attention's and knn's in
+test_vector_attention.py.
 """
 
 import re
@@ -180,6 +182,119 @@ OUTPUT_LAYER_CASES = [
 ]
 
 
+# ----------------------------------------------------------------------------- vector_attention
+# query (5, 8), key/value (6, 8) (dense form), or with index (5, 3) into the 6 rows (neighbour
+# form); weight MLP 8 -> 4 -> 2 where a case says so.
+_C = 8
+_IDX = np.zeros((5, 3), np.int64)
+_MLP = (ones(4, _C), ones(4), ones(2, 4), ones(2))
+
+
+def vector(q=None, k=None, v=None, **kw):
+    q = ones(5, _C) if q is None else q
+    k = ones(6, _C) if k is None else k
+    v = ones(6, _C) if v is None else v
+    return lambda: fastattn.vector_attention(q, k, v, **kw)
+
+
+def _mlp(i, a):
+    return _MLP[:i] + (a,) + _MLP[i + 1:]
+
+
+VEC = "vector_attention"
+VECTOR_CASES = [
+    (f"{VEC}: int32 query", vector(q=ones(5, _C, dtype=np.int32)), TypeError, ["query", "int32"]),
+    (f"{VEC}: bool key", vector(k=ones(6, _C, dtype=bool)), TypeError, ["key", "bool"]),
+    (f"{VEC}: complex64 value", vector(v=ones(6, _C, dtype=np.complex64)), TypeError, ["value", "complex64"]),
+    (f"{VEC}: object query", vector(q=ones(5, _C, dtype=object)), TypeError, ["query", "object"]),
+    (f"{VEC}: int32 pos", vector(pos=ones(5, 6, _C, dtype=np.int32)), TypeError, ["pos", "int32"]),
+    (f"{VEC}: int64 weight MLP W1", vector(weight_mlp=_mlp(0, ones(4, _C, dtype=np.int64))), TypeError,
+     ["W1", "int64"]),
+    (f"{VEC}: complex mask", vector(attn_mask=ones(5, 6, dtype=np.complex64)), TypeError,
+     ["attn_mask", "complex64"]),
+    (f"{VEC}: int mask", vector(attn_mask=ones(5, 6, dtype=np.int64)), TypeError, ["attn_mask", "int64"]),
+    (f"{VEC}: float index", vector(index=np.zeros((5, 3), np.float32)), TypeError, ["index", "float32"]),
+    (f"{VEC}: bool index", vector(index=np.zeros((5, 3), bool)), TypeError, ["index", "bool"]),
+    (f"{VEC}: channel counts differ", vector(k=ones(6, _C + 1), v=ones(6, _C + 1)), ValueError,
+     ["(5, 8)", "(6, 9)"]),
+    (f"{VEC}: key and value rows differ", vector(v=ones(7, _C)), ValueError, ["(6, 8)", "(7, 8)"]),
+    (f"{VEC}: 1-D query", vector(q=ones(_C)), ValueError, ["query", "(8,)"]),
+    (f"{VEC}: zero channels", vector(q=ones(5, 0), k=ones(6, 0), v=ones(6, 0)), ValueError, ["C", "(5, 0)"]),
+    (f"{VEC}: batch dims do not broadcast", vector(q=ones(2, 5, _C), k=ones(3, 6, _C), v=ones(3, 6, _C)),
+     ValueError, ["query", "(2,)", "key", "(3,)"]),
+    (f"{VEC}: batched query with index", vector(q=ones(2, 5, _C), index=_IDX), ValueError, ["query", "(2, 5, 8)"]),
+    (f"{VEC}: index rows differ from query", vector(index=np.zeros((4, 3), np.int64)), ValueError,
+     ["index", "(4, 3)", "(5, S)"]),
+    (f"{VEC}: 1-D index", vector(index=np.zeros(5, np.int64)), ValueError, ["index", "(5,)"]),
+    (f"{VEC}: index past M", vector(index=np.full((5, 3), 6)), ValueError, ["index", "[-1, 6)", 6]),
+    (f"{VEC}: index below -1", vector(index=np.full((5, 3), -2)), ValueError, ["index", -2]),
+    (f"{VEC}: index huge (uint64)", vector(index=np.full((5, 3), 2 ** 63 + 5, np.uint64)), ValueError,
+     ["index", 2 ** 63 + 5]),
+    (f"{VEC}: groups not dividing C", vector(groups=3), ValueError, ["groups=3", "C=8"]),
+    (f"{VEC}: groups 0", vector(groups=0), ValueError, ["groups=0"]),
+    (f"{VEC}: groups a float", vector(groups=2.0), TypeError, ["groups", "2.0"]),
+    (f"{VEC}: groups a bool", vector(groups=True), TypeError, ["groups", "True"]),
+    (f"{VEC}: groups differ from W2", vector(weight_mlp=_MLP, groups=4), ValueError, ["groups=4", 2]),
+    (f"{VEC}: unknown relation", vector(relation="divide"), ValueError, ["relation", "divide", "subtract"]),
+    (f"{VEC}: unknown sharing", vector(sharing="tiled"), ValueError, ["sharing", "tiled", "blocked"]),
+    (f"{VEC}: relation not a string", vector(relation=1), ValueError, ["relation", 1]),
+    (f"{VEC}: pos channels", vector(pos=ones(5, 6, _C - 1)), ValueError, ["pos", "(5, 6, 7)", "(5, 6, 8)"]),
+    (f"{VEC}: pos slots (neighbour)", vector(index=_IDX, pos=ones(5, 4, _C)), ValueError,
+     ["pos", "(5, 4, 8)", "(5, 3, 8)"]),
+    (f"{VEC}: pos 2-D", vector(pos=ones(6, _C)), ValueError, ["pos", "(6, 8)"]),
+    (f"{VEC}: pos adds batch dims", vector(pos=ones(2, 5, 6, _C)), ValueError, ["pos", "(2, 5, 6, 8)"]),
+    (f"{VEC}: weight MLP W1 width", vector(weight_mlp=_mlp(0, ones(4, _C + 1))), ValueError,
+     ["W1", "(4, 8)", "(4, 9)"]),
+    (f"{VEC}: weight MLP b1 shape", vector(weight_mlp=_mlp(1, ones(5))), ValueError, ["b1", "(4,)", "(5,)"]),
+    (f"{VEC}: weight MLP W2 shape", vector(weight_mlp=_mlp(2, ones(2, 3))), ValueError, ["W2", "(2, 4)", "(2, 3)"]),
+    (f"{VEC}: weight MLP b2 shape", vector(weight_mlp=_mlp(3, ones(3))), ValueError, ["b2", "(2,)", "(3,)"]),
+    (f"{VEC}: weight MLP W1 1-D", vector(weight_mlp=_mlp(0, ones(_C))), ValueError, ["weight_mlp", "(8,)"]),
+    (f"{VEC}: weight MLP of 3", vector(weight_mlp=_MLP[:3]), ValueError, ["weight_mlp", "W1, b1, W2, b2"]),
+    (f"{VEC}: weight MLP a dict", vector(weight_mlp={"W1": _MLP[0]}), ValueError, ["weight_mlp"]),
+    (f"{VEC}: weight MLP hidden 0", vector(weight_mlp=(ones(0, _C), ones(0), ones(2, 0), ones(2))), ValueError,
+     ["weight_mlp", "(0, 8)"]),
+    (f"{VEC}: mask shape", vector(attn_mask=ones(5, 7, dtype=bool)), ValueError, ["attn_mask", "(5, 7)", "(5, 6)"]),
+    (f"{VEC}: mask shape (neighbour)", vector(index=_IDX, attn_mask=ones(5, 6, dtype=bool)), ValueError,
+     ["(5, 6)", "(5, 3)"]),
+    (f"{VEC}: backend name", vector(backend="tpu"), ValueError, ["tpu", "cpu"]),
+]
+
+
+# ----------------------------------------------------------------------------- knn
+# points (10, 3) unless a case says otherwise.
+_PTS = np.random.default_rng(0).random((10, 3))
+
+
+def knn(points=None, k=2, **kw):
+    points = _PTS if points is None else points
+    return lambda: fastattn.knn(points, k, **kw)
+
+
+def _with_bad(value):
+    a = _PTS.copy()
+    a[3, 1] = value
+    return a
+
+
+KNN_CASES = [
+    ("knn: int64 points", knn(np.zeros((4, 3), np.int64)), TypeError, ["points", "int64"]),
+    ("knn: complex points", knn(np.zeros((4, 3), np.complex64)), TypeError, ["points", "complex64"]),
+    ("knn: object queries", knn(queries=np.zeros((4, 3), object)), TypeError, ["queries", "object"]),
+    ("knn: k negative", knn(k=-1), ValueError, ["k", ">= 0", -1]),
+    ("knn: k a float", knn(k=2.5), TypeError, ["k", 2.5]),
+    ("knn: k a bool", knn(k=True), TypeError, ["k", "True"]),
+    ("knn: k a string", knn(k="4"), TypeError, ["k", "'4'"]),
+    ("knn: 1-D points", knn(_PTS[:, 0]), ValueError, ["points", "(10,)"]),
+    ("knn: 3-D points", knn(np.zeros((2, 5, 3))), ValueError, ["points", "(2, 5, 3)"]),
+    ("knn: zero-width points", knn(np.zeros((10, 0))), ValueError, ["points", "(10, 0)"]),
+    ("knn: queries of another D", knn(queries=np.zeros((4, 2))), ValueError, ["queries", "D=3", "(4, 2)"]),
+    ("knn: 1-D queries", knn(queries=np.zeros(3)), ValueError, ["queries", "(3,)"]),
+    ("knn: NaN point", knn(_with_bad(np.nan)), ValueError, ["points", "finite", "3, 1", "nan"]),
+    ("knn: Inf point", knn(_with_bad(np.inf)), ValueError, ["points", "finite", "3, 1", "inf"]),
+    ("knn: -Inf query", knn(queries=_with_bad(-np.inf)), ValueError, ["queries", "finite", "3, 1", "-inf"]),
+]
+
+
 # ----------------------------------------------------------------------------- backend control
 CONTROL_CASES = [
     ("set_num_threads: 0", lambda: fastattn.set_num_threads(0), ValueError, [0]),
@@ -189,7 +304,7 @@ CONTROL_CASES = [
     ("use_backend: unknown name", lambda: fastattn.use_backend("bogus").__enter__(), ValueError, ["bogus", "cpu"]),
 ]
 
-CASES = SDPA_CASES + ATTENTION_CASES + OUTPUT_LAYER_CASES + CONTROL_CASES
+CASES = SDPA_CASES + ATTENTION_CASES + OUTPUT_LAYER_CASES + VECTOR_CASES + KNN_CASES + CONTROL_CASES
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

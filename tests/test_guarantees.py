@@ -23,16 +23,21 @@ import guarantee_accuracy
 from helpers import randn, run_python
 from reference import sdpa_reference
 from reference_attention import attention_reference, output_layer_reference
+from reference_vector import knn_reference, vector_attention_reference
 
 ALIGNS = ["softmax", "sigmoid", "sparsemax", "hard"]
 # The public names that take arrays; the rest of fastattn.__all__ controls the backend.
-ARRAY_ENTRY_POINTS = ["scaled_dot_product_attention", "attention", "output_layer"]
-CONTROL = {"backends", "get_num_threads", "last_kernel", "set_num_threads", "use_backend"}
+ARRAY_ENTRY_POINTS = ["scaled_dot_product_attention", "attention", "output_layer", "vector_attention", "knn"]
+CONTROL = {"backends", "get_cuda_tf32", "get_num_threads", "last_kernel", "set_cuda_tf32", "set_num_threads",
+           "use_backend"}
 # Guarantees that do not apply to an entry point, with the reason (the README says the same).
 EXEMPT = {
     ("masking", "output_layer"): "takes no mask: a softmax over all n_out outputs",
     ("masked_poison", "output_layer"): "takes no mask",
     ("gil", "output_layer"): "NumPy arithmetic, no fastattn kernel (NumPy's BLAS releases the GIL)",
+    ("masking", "knn"): "takes no mask (its -1 columns past N are checked under shapes and accuracy)",
+    ("masked_poison", "knn"): "takes no mask",
+    ("nan_rows", "knn"): "refuses non-finite coordinates with ValueError (tests/test_bad_input.py)",
 }
 # Every table below, by guarantee; each row's id starts with its entry point's public name.
 TABLES = {}
@@ -111,6 +116,40 @@ def _attention_empty(align, kind, return_weights=True, score="additive"):
     return make
 
 
+def _vector_pieces(rng, form, c=8, mlp=False, pos=False, lq=6, lk=9, m=7):
+    """Operands and keyword arguments of a small vector_attention call (dense: batch 2)."""
+    if form == "dense":
+        q, k, v = randn(rng, (2, lq, c)), randn(rng, (2, lk, c)), randn(rng, (2, lk, c))
+        kw = {}
+        p_shape = (2, lq, lk, c)
+    else:
+        q, k, v = randn(rng, (lq, c)), randn(rng, (m, c)), randn(rng, (m, c))
+        kw = {"index": rng.integers(0, m, (lq, lk))}
+        p_shape = (lq, lk, c)
+    if pos:
+        kw["pos"] = randn(rng, p_shape)
+    if mlp:
+        kw["weight_mlp"] = (randn(rng, (5, c), scale=c ** -0.5), randn(rng, (5,)), randn(rng, (4, 5)), randn(rng, (4,)))
+    else:
+        kw["groups"] = 4
+    return q, k, v, kw
+
+
+def _vector_empty(form, how, mlp=False):
+    def make(rng):
+        q, k, v, kw = _vector_pieces(rng, form, mlp=mlp, pos=True)
+        lead = q.shape[:-2] if form == "dense" else ()
+        empty = np.zeros(lead + (6,), bool)
+        empty[..., [1, 4]] = True
+        if how == "index -1":
+            kw["index"][[1, 4]] = -1
+        else:
+            kw["attn_mask"] = _rows_mask(6, 9, [1, 4], how)
+        out, w = fastattn.vector_attention(q, k, v, return_weights=True, **kw)
+        return [out, w.reshape(w.shape[:-2] + (-1,))], None, empty
+    return make
+
+
 FULLY_MASKED = table("masking", [
     ("scaled_dot_product_attention: bool mask", _sdpa_empty(attn_mask=_rows_mask(6, 5, [0, 3], "bool"))),
     ("scaled_dot_product_attention: -inf mask", _sdpa_empty(attn_mask=_rows_mask(6, 5, [2, 5], "float"))),
@@ -123,6 +162,12 @@ FULLY_MASKED = table("masking", [
     for align in ALIGNS for kind in ("bool", "float")
 ] + [
     ("attention: dot softmax, context only (SDPA path)", _attention_empty("softmax", "bool", False, "dot")),
+] + [
+    (f"vector_attention: {form}, {how} mask{', weight MLP' if mlp else ''}", _vector_empty(form, how, mlp))
+    for form in ("dense", "neighbour") for how in ("bool", "float") for mlp in (False, True)
+] + [
+    ("vector_attention: neighbour, index -1", _vector_empty("neighbour", "index -1")),
+    ("vector_attention: neighbour, index -1, weight MLP", _vector_empty("neighbour", "index -1", True)),
 ])
 
 
@@ -179,6 +224,29 @@ def _attention_poisoned(align, kind):
     return make
 
 
+def _vector_poisoned(form, kind, mlp=False):
+    # keys 2 and 7 (dense) or neighbour slots 2 and 7 are masked for every query; with index the
+    # key rows 0 and 3 are referenced only there, with pos its entries at those slots are poisoned
+    def make(poison):
+        rng = np.random.default_rng(77)
+        q, k, v, kw = _vector_pieces(rng, form, mlp=mlp, pos=True)
+        mask = np.ones((6, 9), bool)
+        mask[:, [2, 7]] = False
+        if form == "dense":
+            for a in (k, v):
+                a[:, [2, 7]] = poison
+        else:
+            idx = rng.integers(4, 7, (6, 9))
+            idx[:, 2], idx[:, 7] = 0, 3
+            kw["index"] = idx
+            for a in (k, v):
+                a[[0, 3]] = poison
+        kw["pos"][..., [2, 7], :] = poison
+        kw["attn_mask"] = mask if kind == "bool" else np.where(mask, np.float32(0.5), np.float32(-np.inf))
+        return list(fastattn.vector_attention(q, k, v, return_weights=True, **kw))
+    return make
+
+
 MASKED_POISON = table("masked_poison", [
     ("scaled_dot_product_attention: bool mask", _sdpa_poisoned("mask", attn_mask=_sdpa_masked_keys("bool"))),
     ("scaled_dot_product_attention: -inf mask", _sdpa_poisoned("mask", attn_mask=_sdpa_masked_keys("float"))),
@@ -188,6 +256,9 @@ MASKED_POISON = table("masked_poison", [
 ] + [
     (f"attention: {align}, {kind} mask", _attention_poisoned(align, kind))
     for align in ALIGNS for kind in ("bool", "float")
+] + [
+    (f"vector_attention: {form}, {kind} mask{', weight MLP' if mlp else ''}", _vector_poisoned(form, kind, mlp))
+    for form in ("dense", "neighbour") for kind in ("bool", "float") for mlp in (False, True)
 ])
 
 
@@ -250,12 +321,50 @@ def _output_layer_nan(rng):
     return [fastattn.output_layer(c, randn(rng, (5, 6)), randn(rng, (5,)))], reads
 
 
+def _vector_nan(form, where, mlp=False):
+    # groups: 4 of 2 channels (or the MLP's 4 outputs); queries 3..5 see key 5 (dense) or the
+    # neighbour slot that holds key row 5 (neighbour form: rows 0 and 4 of the index)
+    def make(rng):
+        q, k, v, kw = _vector_pieces(rng, form, mlp=mlp, pos=True)
+        lead = q.shape[:-2] if form == "dense" else ()
+        reads = np.zeros(lead + (6,), bool)
+        if form == "dense":
+            mask = np.ones((6, 9), bool)
+            mask[:3, 5] = False
+            kw["attn_mask"] = mask
+        else:
+            idx = rng.integers(0, 5, (6, 9))
+            idx[[0, 4], 3] = 5
+            kw["index"] = idx
+        if where == "query":
+            q[..., 2, 3] = np.nan
+            reads[..., 2] = True
+        elif where == "pos":
+            kw["pos"][..., 1, 4, 0] = np.nan
+            reads[..., 1] = True
+        else:
+            a = k if where == "key" else v
+            if form == "dense":
+                a[0, 5, 1] = np.nan
+                reads[0, 3:] = True
+            else:
+                a[5, 1] = np.nan
+                reads[[0, 4]] = True
+        out, w = fastattn.vector_attention(q, k, v, return_weights=True, **kw)
+        results = [out] + ([w.reshape(w.shape[:-2] + (-1,))] if where != "value" else [])
+        return results, reads
+    return make
+
+
 NAN_ROWS = table("nan_rows", [
     (f"scaled_dot_product_attention: NaN in {w}", _sdpa_nan(w)) for w in ("query", "key", "value")
 ] + [
     (f"attention: {align}, NaN in {w}", _attention_nan(align, w)) for align in ALIGNS for w in ("query", "key")
 ] + [
     ("output_layer: NaN in context", _output_layer_nan),
+] + [
+    (f"vector_attention: {form}, NaN in {w}{', weight MLP' if mlp else ''}", _vector_nan(form, w, mlp))
+    for form in ("dense", "neighbour") for w in ("query", "key", "value", "pos") for mlp in (False, True)
 ])
 
 
@@ -301,10 +410,43 @@ def _output_layer_huge(rng):
     return [fastattn.output_layer(c, w[0])], [output_layer_reference(c, w[0])]
 
 
+def _vector_huge(form, relation, mlp=False, mask=False):
+    # unit rows times 1e15: q_i * k_j up to 1e30 per channel ("multiply"), or an MLP output of
+    # order 1e15 ("subtract"); the top two weights of a group far apart
+    def make(rng):
+        q, k, _ = _huge_inputs(rng, lq=5, lk=11, d=8)
+        v = randn(rng, (2, 11, 8))
+        kw = {"relation": relation}
+        if form == "neighbour":
+            q, k, v = q[0], k[0], v[0]
+            kw["index"] = rng.integers(0, 11, (5, 6))
+        if mlp:
+            kw["weight_mlp"] = (randn(rng, (5, 8)), randn(rng, (5,)), randn(rng, (4, 5)), randn(rng, (4,)))
+        else:
+            kw["groups"] = 8
+        if mask:
+            m = np.zeros(kw["index"].shape if form == "neighbour" else (5, 11), np.float32)
+            m[:, 3] = 1e30
+            kw["attn_mask"] = m
+        return list(fastattn.vector_attention(q, k, v, return_weights=True, **kw)), \
+            list(vector_attention_reference(q, k, v, **kw))
+    return make
+
+
+def _knn_huge(rng):
+    pts = (1e30 * rng.standard_normal((300, 3))).astype(np.float32)  # squared distances ~1e60
+    return [fastattn.knn(pts, 8)], [knn_reference(pts, 8)]
+
+
 HUGE_LOGITS = table("huge_logits", [
     ("scaled_dot_product_attention: scores and mask 1e30", _sdpa_huge),
 ] + [(f"attention: {align}", _attention_huge(align)) for align in ALIGNS] + [
     ("output_layer: logits 1e30", _output_layer_huge),
+    ("vector_attention: dense, multiply, weights 1e30", _vector_huge("dense", "multiply")),
+    ("vector_attention: dense, subtract, weight MLP, mask 1e30", _vector_huge("dense", "subtract", True, True)),
+    ("vector_attention: neighbour, multiply, mask 1e30", _vector_huge("neighbour", "multiply", mask=True)),
+    ("vector_attention: neighbour, add, weight MLP", _vector_huge("neighbour", "add", True)),
+    ("knn: coordinates 1e30 (float32)", _knn_huge),
 ])
 
 
@@ -346,6 +488,28 @@ def _output_layer_shape(cs, n_out):
     return make
 
 
+def _vector_shape(form, qs, ks, s=None, mlp=False):
+    def make(rng):
+        q, k, v = randn(rng, qs), randn(rng, ks), randn(rng, ks)
+        c = qs[-1]
+        kw = {"pos": randn(rng, (qs[-2], s if s is not None else ks[-2], c))}
+        if s is not None:
+            kw["index"] = rng.integers(-1, ks[0], (qs[0], s)) if ks[0] else np.full((qs[0], s), -1)
+        if mlp:
+            kw["weight_mlp"] = (randn(rng, (3, c)), randn(rng, (3,)), randn(rng, (1, 3)), randn(rng, (1,)))
+        return (list(fastattn.vector_attention(q, k, v, return_weights=True, **kw)),
+                list(vector_attention_reference(q, k, v, **kw)))
+    return make
+
+
+def _knn_shape(n, nq, d, k):
+    def make(rng):
+        pts = randn(rng, (n, d))
+        qs = None if nq is None else randn(rng, (nq, d))
+        return [fastattn.knn(pts, k, queries=qs)], [knn_reference(pts, k, qs)]
+    return make
+
+
 _ATTENTION_SHAPES = [("batch 0", (0, 3, 4), (0, 5, 4), (0, 5, 2)), ("Lq 0", (2, 0, 4), (2, 5, 4), (2, 5, 2)),
                      ("Lk 0", (2, 3, 4), (2, 0, 4), (2, 0, 2)), ("d 1", (2, 3, 1), (2, 5, 1), (2, 5, 1))]
 SHAPES = table("shapes", [
@@ -360,6 +524,19 @@ SHAPES = table("shapes", [
 ] + [
     ("output_layer: batch 0", _output_layer_shape((0, 4), 3)),
     ("output_layer: dv 1, n_out 1", _output_layer_shape((3, 1), 1)),
+    ("vector_attention: dense, batch 0", _vector_shape("dense", (0, 3, 4), (0, 5, 4))),
+    ("vector_attention: dense, Lq 0", _vector_shape("dense", (2, 0, 4), (2, 5, 4))),
+    ("vector_attention: dense, Lk 0", _vector_shape("dense", (2, 3, 4), (2, 0, 4), mlp=True)),
+    ("vector_attention: dense, C 1", _vector_shape("dense", (2, 3, 1), (2, 5, 1), mlp=True)),
+    ("vector_attention: neighbour, N 0", _vector_shape("neighbour", (0, 4), (5, 4), s=3)),
+    ("vector_attention: neighbour, S 0", _vector_shape("neighbour", (3, 4), (5, 4), s=0, mlp=True)),
+    ("vector_attention: neighbour, M 0 (every index -1)", _vector_shape("neighbour", (3, 4), (0, 4), s=2)),
+    ("vector_attention: neighbour, S 1, C 1", _vector_shape("neighbour", (3, 1), (5, 1), s=1)),
+    ("knn: N 0", _knn_shape(0, 4, 3, 2)),
+    ("knn: Nq 0", _knn_shape(10, 0, 3, 2)),
+    ("knn: k 0", _knn_shape(10, None, 3, 0)),
+    ("knn: k > N", _knn_shape(3, None, 2, 5)),
+    ("knn: N 1, D 1", _knn_shape(1, None, 1, 1)),
 ])
 
 
@@ -445,6 +622,26 @@ def _output_layer_call(rng):
     return lambda: [fastattn.output_layer(c, w, b)]
 
 
+def _vector_call(rng, form, mlp):
+    c, n = 64, 700
+    if form == "dense":
+        q, k, v = randn(rng, (2, 60, c)), randn(rng, (2, 200, c)), randn(rng, (2, 200, c))
+        kw = {"attn_mask": rng.random((60, 200)) < 0.9}
+    else:
+        q, k, v = randn(rng, (n, c)), randn(rng, (n, c)), randn(rng, (n, c))
+        kw = {"index": fastattn.knn(randn(rng, (n, 3)), 16), "pos": randn(rng, (n, 16, c))}
+    if mlp:  # 64 -> 8 -> 8: the tiled path with per-thread projections
+        kw["weight_mlp"] = (randn(rng, (8, c), scale=0.125), randn(rng, (8,)), randn(rng, (8, 8)), randn(rng, (8,)))
+    else:
+        kw["groups"] = 8
+    return lambda: list(fastattn.vector_attention(q, k, v, return_weights=True, **kw))
+
+
+def _knn_call(rng):
+    pts, qs = randn(rng, (6000, 3)), randn(rng, (3000, 3))
+    return lambda: [fastattn.knn(pts, 16), fastattn.knn(pts, 5, queries=qs)]
+
+
 CALLS = table("concurrency", [
     ("scaled_dot_product_attention: causal", lambda rng: _sdpa_call(rng, causal=True)),
     ("scaled_dot_product_attention: window and kv_lengths",
@@ -453,6 +650,11 @@ CALLS = table("concurrency", [
 ] + [(f"attention: additive {align}", lambda rng, a=align: _attention_call(rng, a)) for align in ALIGNS] + [
     ("attention: dot softmax", lambda rng: _attention_call(rng, "softmax", "dot")),
     ("output_layer", _output_layer_call),
+    ("vector_attention: dense, groups", lambda rng: _vector_call(rng, "dense", False)),
+    ("vector_attention: dense, weight MLP", lambda rng: _vector_call(rng, "dense", True)),
+    ("vector_attention: neighbour, groups", lambda rng: _vector_call(rng, "neighbour", False)),
+    ("vector_attention: neighbour, weight MLP (tiled path)", lambda rng: _vector_call(rng, "neighbour", True)),
+    ("knn", _knn_call),
 ])
 
 
@@ -494,9 +696,24 @@ def _gil_attention(rng):
     return lambda: fastattn.attention(q, k, v, score="additive", align="sparsemax", params=params)
 
 
+def _gil_vector(rng):
+    n, c = 30000, 64
+    q, k, v = randn(rng, (n, c)), randn(rng, (n, c)), randn(rng, (n, c))
+    index = rng.integers(0, n, (n, 16))
+    mlp = (randn(rng, (8, c), scale=0.125), randn(rng, (8,)), randn(rng, (8, 8)), randn(rng, (8,)))
+    return lambda: fastattn.vector_attention(q, k, v, index=index, weight_mlp=mlp)
+
+
+def _gil_knn(rng):
+    pts = randn(rng, (200000, 3))
+    return lambda: fastattn.knn(pts, 16)
+
+
 GIL = table("gil", [
     ("scaled_dot_product_attention", _gil_sdpa),
     ("attention: additive sparsemax (general kernel)", _gil_attention),
+    ("vector_attention: neighbour, weight MLP", _gil_vector),
+    ("knn: tree build and search", _gil_knn),
 ])
 
 
