@@ -301,6 +301,8 @@ CONTROL_CASES = [
     ("set_num_threads: negative", lambda: fastattn.set_num_threads(-4), ValueError, [-4]),
     ("set_num_threads: a float", lambda: fastattn.set_num_threads(2.5), TypeError, ["float"]),
     ("set_num_threads: a string", lambda: fastattn.set_num_threads("2"), TypeError, ["str"]),
+    ("set_cuda_tf32: a string", lambda: fastattn.set_cuda_tf32("false"), TypeError, ["'false'"]),
+    ("set_cuda_tf32: an int", lambda: fastattn.set_cuda_tf32(1), TypeError, [1]),
     ("use_backend: unknown name", lambda: fastattn.use_backend("bogus").__enter__(), ValueError, ["bogus", "cpu"]),
 ]
 
