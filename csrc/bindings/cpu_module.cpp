@@ -9,12 +9,14 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cpu/dispatch.h"
 #include "cpu/isa.h"
 #include "cpu/threads.h"
 #include "fastattn/attention_params.h"
+#include "fastattn/layer_norm_params.h"
 #include "fastattn/sdpa_params.h"
 #include "cpu/knn.h"
 #include "fastattn/vector_attention_params.h"
@@ -621,6 +623,49 @@ py::str linear(py::handle x_handle, py::handle w_handle, py::handle b_handle, py
                  (p.f64 ? "float64" : "float32"));
 }
 
+// fastattn.layer_norm on normalised operands: x (rows, d) with a contiguous last dim, float32 or
+// float64; weight and bias None or contiguous (d,) of x's dtype; out C-contiguous (rows, d).
+py::str layer_norm(py::handle x_handle, py::handle weight, py::handle bias, py::handle out_handle,
+                   double eps) {
+  const py::array x = as_array(x_handle, "x");
+  py::array out = as_array(out_handle, "out");
+  const int64_t itemsize = x.itemsize();
+  if ((itemsize != 4 && itemsize != 8) || x.dtype().kind() != 'f' || out.dtype().kind() != 'f')
+    internal_error("layer_norm computes in float32 or float64");
+  check_operand(x, "x", 2, itemsize);
+  check_operand(out, "out", 2, itemsize);
+  if (!(out.flags() & py::array::c_style) || out.shape(0) != x.shape(0) ||
+      out.shape(1) != x.shape(1))
+    internal_error("out must be C-contiguous and shaped like x");
+  fastattn::LayerNormParams p;
+  p.f64 = itemsize == 8;
+  p.rows = x.shape(0);
+  p.d = x.shape(1);
+  p.x = x.data();
+  p.x_row_stride = p.rows > 1 ? elem_stride(x, 0, itemsize) : 0;
+  p.out = out.mutable_data();
+  p.eps = eps;
+  py::array weight_array, bias_array;
+  for (auto [h, a, ptr] : {std::tuple<py::handle, py::array*, const void**>{weight, &weight_array, &p.weight},
+                           {bias, &bias_array, &p.bias}}) {
+    if (h.is_none()) continue;
+    *a = as_array(h, "weight or bias");
+    if (a->ndim() != 1 || a->shape(0) != p.d || a->itemsize() != itemsize ||
+        a->dtype().kind() != 'f' || !(a->flags() & py::array::c_style))
+      internal_error("weight and bias must be contiguous (d,) arrays of x's dtype");
+    *ptr = a->data();
+  }
+  p.num_threads = fastattn::cpu::get_num_threads();
+  const fastattn::cpu::Isa isa = fastattn::cpu::chosen_isa();
+  const fastattn::cpu::LayerNormKernel kernel = fastattn::cpu::layer_norm_kernel(isa);
+  {
+    py::gil_scoped_release release;
+    kernel(p);
+  }
+  return py::str(std::string("cpu/") + fastattn::cpu::isa_name(isa) + "/layer_norm/" +
+                 (p.f64 ? "float64" : "float32"));
+}
+
 std::vector<std::string> names(const std::vector<fastattn::cpu::Isa>& isas) {
   std::vector<std::string> out;
   for (auto isa : isas) out.emplace_back(fastattn::cpu::isa_name(isa));
@@ -657,6 +702,10 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("linear", &linear, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("out"),
         "y = x W^T + b on this library's threads; returns the kernel's name. Private: the general "
         "attention module's score transforms.");
+  m.def("layer_norm", &layer_norm, py::arg("x"), py::arg("weight"), py::arg("bias"),
+        py::arg("out"), py::arg("eps"),
+        "Layer normalisation of the rows of x on normalised operands; returns the kernel's name. "
+        "Private: call fastattn.layer_norm.");
   m.def("isa", [] { return std::string(fastattn::cpu::isa_name(fastattn::cpu::chosen_isa())); },
         "The ISA the kernels run on; RuntimeError if FASTATTN_CPU_ISA forces one this CPU lacks.");
   m.def("compiled_isas", [] { return names(fastattn::cpu::compiled_isas()); });

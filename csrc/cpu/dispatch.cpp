@@ -43,5 +43,15 @@ VectorAttentionKernel vector_attention_kernel(Isa isa) {
   }
 }
 
+LayerNormKernel layer_norm_kernel(Isa isa) {
+  switch (isa) {
+#if FASTATTN_HAVE_X86
+    case Isa::avx512: return &layer_norm_avx512;
+    case Isa::avx2: return &layer_norm_avx2;
+#endif
+    default: return &layer_norm_scalar;
+  }
+}
+
 }  // namespace cpu
 }  // namespace fastattn

@@ -11,6 +11,7 @@ SdpaKernel sdpa_kernel(Isa isa);
 AttentionKernel attention_kernel(Isa isa);
 LinearKernel linear_kernel(Isa isa);
 VectorAttentionKernel vector_attention_kernel(Isa isa);
+LayerNormKernel layer_norm_kernel(Isa isa);
 
 }  // namespace cpu
 }  // namespace fastattn

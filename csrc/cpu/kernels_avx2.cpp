@@ -20,6 +20,7 @@ struct Tuning {
 #include "cpu/attention_kernel.h"
 #include "cpu/linear_kernel.h"
 #include "cpu/vector_attention_kernel.h"
+#include "cpu/layer_norm_kernel.h"
 
 void fastattn::cpu::sdpa_avx2(const SdpaParams& p) { fastattn::avx2::sdpa(p); }
 void fastattn::cpu::attention_avx2(const AttentionParams& p) { fastattn::avx2::attention(p); }
@@ -27,3 +28,4 @@ void fastattn::cpu::linear_avx2(const LinearParams& p) { fastattn::avx2::linear(
 void fastattn::cpu::vector_attention_avx2(const VectorAttentionParams& p) {
   fastattn::avx2::vector_attention(p);
 }
+void fastattn::cpu::layer_norm_avx2(const LayerNormParams& p) { fastattn::avx2::layer_norm(p); }

@@ -19,6 +19,7 @@ struct Tuning {
 #include "cpu/attention_kernel.h"
 #include "cpu/linear_kernel.h"
 #include "cpu/vector_attention_kernel.h"
+#include "cpu/layer_norm_kernel.h"
 
 void fastattn::cpu::sdpa_avx512(const SdpaParams& p) { fastattn::avx512::sdpa(p); }
 void fastattn::cpu::attention_avx512(const AttentionParams& p) { fastattn::avx512::attention(p); }
@@ -26,3 +27,4 @@ void fastattn::cpu::linear_avx512(const LinearParams& p) { fastattn::avx512::lin
 void fastattn::cpu::vector_attention_avx512(const VectorAttentionParams& p) {
   fastattn::avx512::vector_attention(p);
 }
+void fastattn::cpu::layer_norm_avx512(const LayerNormParams& p) { fastattn::avx512::layer_norm(p); }

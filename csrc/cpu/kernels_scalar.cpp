@@ -17,6 +17,7 @@ struct Tuning {
 #include "cpu/attention_kernel.h"
 #include "cpu/linear_kernel.h"
 #include "cpu/vector_attention_kernel.h"
+#include "cpu/layer_norm_kernel.h"
 
 void fastattn::cpu::sdpa_scalar(const SdpaParams& p) { fastattn::scalar::sdpa(p); }
 void fastattn::cpu::attention_scalar(const AttentionParams& p) { fastattn::scalar::attention(p); }
@@ -24,3 +25,4 @@ void fastattn::cpu::linear_scalar(const LinearParams& p) { fastattn::scalar::lin
 void fastattn::cpu::vector_attention_scalar(const VectorAttentionParams& p) {
   fastattn::scalar::vector_attention(p);
 }
+void fastattn::cpu::layer_norm_scalar(const LayerNormParams& p) { fastattn::scalar::layer_norm(p); }

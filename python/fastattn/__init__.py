@@ -27,3 +27,19 @@ __all__ = [
     "use_backend",
     "vector_attention",
 ]
+
+# Layers and helpers (MultiHeadAttention, KV cache, layout helpers, layer_norm).
+from .kv_cache import KVCache
+from .layers import MultiHeadAttention
+from .layout import causal_mask, merge_heads, sinusoidal_positional_encoding, split_heads
+from .normalization import layer_norm
+
+__all__ += [
+    "KVCache",
+    "MultiHeadAttention",
+    "causal_mask",
+    "layer_norm",
+    "merge_heads",
+    "sinusoidal_positional_encoding",
+    "split_heads",
+]

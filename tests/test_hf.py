@@ -1,0 +1,83 @@
+"""fastattn.hf.read_safetensors: NumPy's reading of the safetensors format, against files written
+by hand from the format's definition (and by the safetensors package when it is installed)."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from fastattn.hf import read_safetensors
+from helpers import BF16
+
+
+def write_safetensors(path, tensors, codes, metadata=None, pad_header=0):
+    """The format: u64 little-endian header length, JSON header, then the tensors' bytes."""
+    header, blobs, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = metadata
+    for name, a in tensors.items():
+        data = np.ascontiguousarray(a).tobytes()
+        header[name] = {"dtype": codes[name], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    head = json.dumps(header).encode() + b" " * pad_header
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+
+
+def test_reads_every_dtype(tmp_path, rng):
+    tensors = {
+        "a.weight": rng.standard_normal((3, 5)).astype("<f4"),
+        "b": rng.standard_normal(7),
+        "half": rng.standard_normal((2, 2)).astype("<f2"),
+        "ids": rng.integers(-9, 9, (4,)).astype("<i8"),
+        "flags": rng.random(5) < 0.5,
+        "bytes": rng.integers(0, 255, (2, 3)).astype(np.uint8),
+        "scalar": np.array(2.5, np.float32),
+        "empty": np.zeros((0, 4), np.float32),
+    }
+    codes = {"a.weight": "F32", "b": "F64", "half": "F16", "ids": "I64", "flags": "BOOL",
+             "bytes": "U8", "scalar": "F32", "empty": "F32"}
+    if BF16 is not None:
+        tensors["bf"] = rng.standard_normal(6).astype(BF16)
+        codes["bf"] = "BF16"
+    path = tmp_path / "m.safetensors"
+    write_safetensors(path, tensors, codes, metadata={"format": "pt"}, pad_header=5)
+    got = read_safetensors(path)
+    assert sorted(got) == sorted(tensors)
+    for name, a in tensors.items():
+        assert got[name].dtype == a.dtype and got[name].shape == a.shape, name
+        assert np.array_equal(got[name], a), name
+        assert not got[name].flags.writeable
+
+
+def test_bad_files(tmp_path):
+    p = tmp_path / "short.safetensors"
+    p.write_bytes(b"abc")
+    with pytest.raises(ValueError, match="shorter than 8 bytes"):
+        read_safetensors(p)
+    p.write_bytes(struct.pack("<Q", 1000) + b"{}")
+    with pytest.raises(ValueError, match="header length 1000 exceeds the file"):
+        read_safetensors(p)
+    a = np.arange(6, dtype=np.float32)
+    write_safetensors(p, {"x": a}, {"x": "F32"})
+    data = bytearray(p.read_bytes())
+    p.write_bytes(bytes(data[:-4]))  # the last element cut off
+    with pytest.raises(ValueError, match="'x' .*does not fit"):
+        read_safetensors(p)
+    write_safetensors(p, {"x": a}, {"x": "C64"})
+    with pytest.raises(TypeError, match="'x' has dtype C64"):
+        read_safetensors(p)
+
+
+def test_matches_safetensors_package(tmp_path, rng):
+    st = pytest.importorskip("safetensors.numpy", reason="the safetensors package is not installed")
+    tensors = {"w": rng.standard_normal((4, 9)).astype(np.float32),
+               "i": np.arange(5, dtype=np.int32), "h": rng.standard_normal(3).astype(np.float16)}
+    path = tmp_path / "p.safetensors"
+    st.save_file(tensors, str(path))
+    got = read_safetensors(path)
+    for name, a in tensors.items():
+        assert np.array_equal(got[name], a) and got[name].dtype == a.dtype
