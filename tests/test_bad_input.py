@@ -8,7 +8,9 @@ test_every_entry_point_has_rows checks that every entry point has some). Categor
 point: dtypes (int, bool, complex, object), mismatched shapes, non-broadcastable batches, wrong
 mask shapes, bad option values, out= (shape, dtype, read-only, layout, overlap), indices out of
 range or of a float dtype; for vector_attention also groups that do not divide C and mis-shaped
-pos or weight-MLP arrays, for knn bad k and non-finite points. Detailed variants of the SDPA cases
+pos or weight-MLP arrays, for knn bad k and non-finite points; for MultiHeadAttention its
+constructor, forward call, new_cache and load_state_dict (a rejected state dict leaves the layer
+as it was). Detailed variants of the SDPA cases
 are in test_errors.py, of attention's in test_attention.py, of vector_attention's and knn's in
 test_vector_attention.py.
 """
@@ -295,6 +297,145 @@ KNN_CASES = [
 ]
 
 
+# ----------------------------------------------------------------------------- layer_norm
+# x (3, 4) unless a case says otherwise.
+
+
+def layer_norm(x=None, weight=None, bias=None, **kw):
+    x = ones(3, 4) if x is None else x
+    return lambda: fastattn.layer_norm(x, weight, bias, **kw)
+
+
+LN = "layer_norm"
+LAYER_NORM_CASES = [
+    (f"{LN}: int32 x", layer_norm(ones(3, 4, dtype=np.int32)), TypeError, ["x", "int32"]),
+    (f"{LN}: complex64 weight", layer_norm(weight=ones(4, dtype=np.complex64)), TypeError, ["weight", "complex64"]),
+    (f"{LN}: object bias", layer_norm(bias=ones(4, dtype=object)), TypeError, ["bias", "object"]),
+    (f"{LN}: bool x", layer_norm(ones(3, 4, dtype=bool)), TypeError, ["x", "bool"]),
+    (f"{LN}: 0-d x", layer_norm(np.float32(1.0)), ValueError, ["x", "()"]),
+    (f"{LN}: weight shape", layer_norm(weight=ones(5)), ValueError, ["weight", "(4,)", "(5,)"]),
+    (f"{LN}: bias 2-D", layer_norm(bias=ones(1, 4)), ValueError, ["bias", "(1, 4)"]),
+    (f"{LN}: eps negative", layer_norm(eps=-1.0), ValueError, ["eps", "-1.0"]),
+    (f"{LN}: eps NaN", layer_norm(eps=float("nan")), ValueError, ["eps", "nan"]),
+    (f"{LN}: eps a string", layer_norm(eps="small"), TypeError, ["eps", "'small'"]),
+]
+
+
+# ----------------------------------------------------------------------------- MultiHeadAttention
+# A layer of embed_dim 8, 2 heads; query (2, 5, 8) unless a case says otherwise. Rows cover the
+# constructor, the forward call, load_state_dict and new_cache.
+MHA = "MultiHeadAttention"
+
+
+def _layer(**kw):
+    return fastattn.MultiHeadAttention(8, 2, **kw)
+
+
+def mha(q=None, k=None, v=None, **kw):
+    def call():
+        layer = _layer()
+        query = ones(2, 5, 8) if q is None else q
+        return layer(query, k, v, **kw)
+    return call
+
+
+def mha_load(change):
+    """load_state_dict with a changed copy of the layer's own state: refused, the layer unchanged."""
+    def call():
+        layer = _layer(seed=0)
+        before = layer.state_dict()
+        state = layer.state_dict()
+        change(state)
+        try:
+            layer.load_state_dict(state)
+        finally:
+            after = layer.state_dict()
+            assert all(np.array_equal(before[n], after[n]) for n in before), "a rejected state dict was loaded"
+    return call
+
+
+def _set(name, value):
+    def change(state):
+        state[name] = value
+    return change
+
+
+def _drop(name):
+    def change(state):
+        del state[name]
+    return change
+
+
+def mha_cache(make_cache, **kw):
+    def call():
+        layer = _layer()
+        layer(ones(2, 5, 8), cache=make_cache(layer), **kw)
+    return call
+
+
+MHA_CASES = [
+    (f"{MHA}: embed_dim not a multiple of num_heads", lambda: fastattn.MultiHeadAttention(10, 4), ValueError,
+     [10, 4]),
+    (f"{MHA}: num_heads 0", lambda: fastattn.MultiHeadAttention(8, 0), ValueError, ["num_heads", 0]),
+    (f"{MHA}: num_heads a float", lambda: fastattn.MultiHeadAttention(8, 2.0), TypeError, ["num_heads", "2.0"]),
+    (f"{MHA}: num_kv_heads not dividing", lambda: fastattn.MultiHeadAttention(12, 6, num_kv_heads=4), ValueError,
+     [6, 4]),
+    (f"{MHA}: int dtype", lambda: fastattn.MultiHeadAttention(8, 2, dtype=np.int32), TypeError, ["int32"]),
+    (f"{MHA}: int64 query", mha(ones(2, 5, 8, dtype=np.int64)), TypeError, ["query", "int64"]),
+    (f"{MHA}: complex key", mha(k=ones(2, 6, 8, dtype=np.complex64)), TypeError, ["key", "complex64"]),
+    (f"{MHA}: query features", mha(ones(2, 5, 7)), ValueError, ["query", "(2, 5, 7)", 8]),
+    (f"{MHA}: 4-D query", mha(ones(1, 2, 5, 8)), ValueError, ["query", "(1, 2, 5, 8)"]),
+    (f"{MHA}: batched query, unbatched key", mha(k=ones(6, 8)), ValueError, ["(2, 5, 8)", "(6, 8)"]),
+    (f"{MHA}: key and value lengths", mha(k=ones(2, 6, 8), v=ones(2, 7, 8)), ValueError, ["(2, 6, 8)", "(2, 7, 8)"]),
+    (f"{MHA}: batch sizes", mha(k=ones(3, 6, 8)), ValueError, ["(2, 5, 8)", "(3, 6, 8)"]),
+    (f"{MHA}: key_padding_mask shape", mha(key_padding_mask=np.zeros((2, 4), bool)), ValueError,
+     ["key_padding_mask", "(2, 5)", "(2, 4)"]),
+    (f"{MHA}: int key_padding_mask", mha(key_padding_mask=np.zeros((2, 5), np.int64)), TypeError,
+     ["key_padding_mask", "int64"]),
+    (f"{MHA}: attn_mask shape", mha(attn_mask=np.ones((5, 6), bool)), ValueError, ["(5, 6)", "(2, 2, 5, 5)"]),
+    (f"{MHA}: complex attn_mask", mha(attn_mask=ones(5, 5, dtype=np.complex64)), TypeError,
+     ["attn_mask", "complex64"]),
+    (f"{MHA}: causal name", mha(causal="bottom-left"), ValueError, ["bottom-left"]),
+    (f"{MHA}: cache of another layer", mha_cache(lambda layer: _layer().new_cache(2, 10)), ValueError,
+     ["cache", "new_cache"]),
+    (f"{MHA}: cache not a KVCache", mha_cache(lambda layer: {}), ValueError, ["cache", "KVCache"]),
+    (f"{MHA}: cache full", mha_cache(lambda layer: layer.new_cache(2, 4)), ValueError, [4, 5]),
+    (f"{MHA}: cache batch size", mha_cache(lambda layer: layer.new_cache(3, 10)), ValueError, [3, 2]),
+    (f"{MHA}: new_cache max_length 0", lambda: _layer().new_cache(2, 0), ValueError, ["max_length", 0]),
+    (f"{MHA}: load_state_dict missing name", mha_load(_drop("out_proj.bias")), ValueError,
+     ["missing", "out_proj.bias"]),
+    (f"{MHA}: load_state_dict unexpected name", mha_load(_set("extra_weight", ones(8))), ValueError,
+     ["unexpected", "extra_weight"]),
+    (f"{MHA}: load_state_dict wrong shape", mha_load(_set("out_proj.weight", ones(8, 9))), ValueError,
+     ["out_proj.weight", "(8, 9)", "(8, 8)"]),
+    (f"{MHA}: load_state_dict int values", mha_load(_set("in_proj_bias", np.zeros(24, np.int64))), TypeError,
+     ["in_proj_bias", "int64"]),
+]
+
+
+# ----------------------------------------------------------------------------- layout helpers
+LAYOUT_CASES = [
+    ("split_heads: not a multiple", lambda: fastattn.split_heads(ones(2, 5, 12), 5), ValueError, [12, 5]),
+    ("split_heads: 1-D", lambda: fastattn.split_heads(ones(12), 3), ValueError, ["(12,)"]),
+    ("split_heads: num_heads 0", lambda: fastattn.split_heads(ones(2, 12), 0), ValueError, ["num_heads", 0]),
+    ("split_heads: num_heads a float", lambda: fastattn.split_heads(ones(2, 12), 2.0), TypeError,
+     ["num_heads", "2.0"]),
+    ("merge_heads: 2-D", lambda: fastattn.merge_heads(ones(5, 4)), ValueError, ["(5, 4)"]),
+    ("causal_mask: negative length", lambda: fastattn.causal_mask(-1, 3), ValueError, ["lq", -1]),
+    ("causal_mask: float length", lambda: fastattn.causal_mask(3, 2.5), TypeError, ["lk", "2.5"]),
+    ("causal_mask: alignment name", lambda: fastattn.causal_mask(3, 3, "bottom-left"), ValueError,
+     ["bottom-left", "top_left"]),
+    ("sinusoidal_positional_encoding: negative dim", lambda: fastattn.sinusoidal_positional_encoding(4, -2),
+     ValueError, ["dim", -2]),
+    ("sinusoidal_positional_encoding: float length", lambda: fastattn.sinusoidal_positional_encoding(4.0, 2),
+     TypeError, ["length", "4.0"]),
+    ("sinusoidal_positional_encoding: base 0", lambda: fastattn.sinusoidal_positional_encoding(4, 2, base=0),
+     ValueError, ["base", 0]),
+    ("sinusoidal_positional_encoding: int dtype",
+     lambda: fastattn.sinusoidal_positional_encoding(4, 2, dtype=np.int32), TypeError, ["int32"]),
+]
+
+
 # ----------------------------------------------------------------------------- backend control
 CONTROL_CASES = [
     ("set_num_threads: 0", lambda: fastattn.set_num_threads(0), ValueError, [0]),
@@ -306,7 +447,8 @@ CONTROL_CASES = [
     ("use_backend: unknown name", lambda: fastattn.use_backend("bogus").__enter__(), ValueError, ["bogus", "cpu"]),
 ]
 
-CASES = SDPA_CASES + ATTENTION_CASES + OUTPUT_LAYER_CASES + VECTOR_CASES + KNN_CASES + CONTROL_CASES
+CASES = (SDPA_CASES + ATTENTION_CASES + OUTPUT_LAYER_CASES + VECTOR_CASES + KNN_CASES + LAYER_NORM_CASES
+         + MHA_CASES + LAYOUT_CASES + CONTROL_CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
