@@ -664,9 +664,9 @@ def _layer_norm_shape(xs, affine=True):
 
 
 def _mha_shape(b, lq, lk, unbatched=False):
-    def make(rng):
-        layer, state = _mha(rng, hkv=2)
-        x, mem = randn(rng, (b, lq, 16)), randn(rng, (b, lk, 16))
+    def make(rng):  # float64: the shapes and exact zeros are checked here, float32 error under accuracy
+        layer, state = _mha(rng, hkv=2, dt=np.float64)
+        x, mem = randn(rng, (b, lq, 16), np.float64), randn(rng, (b, lk, 16), np.float64)
         if b * lq * lk:
             ref = mha_reference(state, 4, 2, x, mem)[0]
         else:  # no key: 0 @ Wo + bo
