@@ -9,8 +9,11 @@ The error of a result is ``max|got - ref| / max(1, max|ref|)`` over the entries 
 finite; the entries the reference gives exactly (rows with no visible key: 0) must match exactly.
 float32 errors grow with the size of the scores (a score s is rounded to about 2^-24 |s| before
 it is exponentiated), so the float32 bounds are ``bound * (1 + S)``, S the largest |score| of
-the call (scaled, plus an additive mask). Lower-precision storage (float16, bfloat16) is bounded
-by its own rounding of the result; float64 by 1e-12 flat.
+the call (scaled, plus an additive mask; for vector_attention the largest |w_ij|: the relation's
+group sum or the weight MLP's output, plus an additive mask; for layer_norm the largest |mean| / std
+of a row, by which x - mean amplifies rounding). Lower-precision storage (float16,
+bfloat16) is bounded by its own rounding of the result; float64 by 1e-12 flat. knn is exact: its
+bound is 0 (the indices of the float64 brute force, ties to the lower index).
 
 A new entry point adds a generator of Cases and a row in BOUNDS.
 """
@@ -26,6 +29,8 @@ from helpers import BF16, make_mask, randn
 from reference import prepare as sdpa_prepare
 from reference import sdpa_reference
 from reference_attention import attention_reference, attention_scores_reference, output_layer_reference
+from reference_layers import mha_reference
+from reference_vector import knn_reference, vector_attention_reference, vector_logits_reference
 
 
 class Case(NamedTuple):
@@ -48,6 +53,32 @@ BOUNDS = {
     ("output_layer", "float64"): 1e-12,
     ("output_layer", "float16"): 2e-3,
     ("output_layer", "bfloat16"): 1.6e-2,
+    # out and weights; S is the largest |w_ij| (the weight MLP's output, plus an additive mask)
+    ("vector_attention", "float32"): 1e-6,
+    ("vector_attention", "float64"): 1e-12,
+    ("vector_attention", "float16"): 2e-3,
+    ("vector_attention", "bfloat16"): 1.6e-2,
+    # exact: the indices of the float64 brute force (ties to the lower index); 0 allows no error
+    ("knn", "float32"): 0.0,
+    ("knn", "float64"): 0.0,
+    ("knn", "float16"): 0.0,
+    ("knn", "bfloat16"): 0.0,
+    # layer_norm: S is the largest |mean| / std of a row (x - mean cancels that much)
+    ("layer_norm", "float32"): 1e-6,
+    ("layer_norm", "float64"): 1e-12,
+    ("layer_norm", "float16"): 2e-3,
+    ("layer_norm", "bfloat16"): 1.6e-2,
+    # MultiHeadAttention: output and weights of the whole layer (projections included); S the
+    # largest |score| of its attention
+    ("MultiHeadAttention", "float32"): 1e-6,
+    ("MultiHeadAttention", "float64"): 1e-12,
+    ("MultiHeadAttention", "float16"): 2e-3,
+    ("MultiHeadAttention", "bfloat16"): 1.6e-2,
+    # float64 sin/cos rounded to the storage dtype
+    ("sinusoidal_positional_encoding", "float32"): 1e-7,
+    ("sinusoidal_positional_encoding", "float64"): 1e-12,
+    ("sinusoidal_positional_encoding", "float16"): 1e-3,
+    ("sinusoidal_positional_encoding", "bfloat16"): 8e-3,
 }
 # lse is returned in float32 for every storage dtype below float64: bounded as float32.
 LSE_BOUND = {"float64": 1e-12}
@@ -144,10 +175,143 @@ def output_layer_cases(rng: np.random.Generator, dtype: str) -> Iterator[Case]:
                    float(np.max(np.abs(logits))))
 
 
+def vector_attention_cases(rng: np.random.Generator, dtype: str) -> Iterator[Case]:
+    dt = _dt(dtype)
+    mdt = np.float64 if dtype == "float64" else np.float32
+    configs = [  # (form, C, G, relation, sharing, pos, MLP hidden (0: none), mask kind)
+        ("dense", 64, 8, "subtract", "blocked", True, 8, "none"),
+        ("dense", 24, 6, "multiply", "strided", False, 0, "bool"),
+        ("dense", 3, 3, "add", "blocked", True, 0, "additive_inf"),
+        ("dense", 67, 1, "subtract", "strided", False, 5, "additive"),
+        ("neighbour", 64, 8, "subtract", "blocked", True, 8, "none"),  # the PTv2 layer (tiled path)
+        ("neighbour", 16, 16, "add", "strided", True, 0, "bool"),
+        ("neighbour", 32, 4, "multiply", "blocked", False, 16, "none"),
+        ("neighbour", 5, 5, "subtract", "blocked", False, 0, "additive_inf"),
+    ]
+    for form, c, g, relation, sharing, pos, hidden, mask_kind in configs:
+        if form == "dense":
+            lq, lk, batch = 9, 150, (2,)
+            q, k, v = randn(rng, batch + (lq, c), dt), randn(rng, batch + (lk, c), dt), randn(rng, batch + (lk, c), dt)
+            kw = {}
+            p_shape = batch + (lq, lk, c)
+        else:
+            n, m, s = 40, 60, 16
+            q, k, v = randn(rng, (n, c), dt), randn(rng, (m, c), dt), randn(rng, (m, c), dt)
+            index = rng.integers(-1, m, (n, s))
+            index[3] = -1  # a query with no neighbour
+            kw = {"index": index}
+            lq, lk, p_shape = n, s, (n, s, c)
+        if pos:
+            kw["pos"] = randn(rng, p_shape, dt, 0.5)
+        if hidden:
+            kw["weight_mlp"] = (randn(rng, (hidden, c), dt, 2.0 / np.sqrt(c)), randn(rng, (hidden,), dt, 0.5),
+                                randn(rng, (g, hidden), dt, 2.0 / np.sqrt(hidden)), randn(rng, (g,), dt, 0.5))
+        else:
+            kw["groups"] = g
+        mask = make_mask(rng, mask_kind, (lq, lk), mdt)
+        if mask is not None:
+            kw["attn_mask"] = mask
+        out, w = fastattn.vector_attention(q, k, v, relation=relation, sharing=sharing, return_weights=True, **kw)
+        out_only = fastattn.vector_attention(q, k, v, relation=relation, sharing=sharing, **kw)
+        ref, ref_w = vector_attention_reference(q, k, v, relation=relation, sharing=sharing, **kw)
+        logits, visible = vector_logits_reference(q, k, v, relation=relation, sharing=sharing, **kw)
+        s_max = float(np.max(np.abs(logits[np.broadcast_to(visible, logits.shape[:-1])]), initial=0.0))
+        yield Case({"out": out, "weights": w, "out (no weights)": out_only},
+                   {"out": ref, "weights": ref_w, "out (no weights)": ref}, s_max)
+
+
+def knn_cases(rng: np.random.Generator, dtype: str) -> Iterator[Case]:
+    dt = _dt(dtype)
+    for n, d, k, nq in [(2000, 3, 16, None), (300, 7, 9, 50), (5, 2, 8, None), (500, 1, 4, 20)]:
+        pts = randn(rng, (n, d), dt)
+        qs = None if nq is None else randn(rng, (nq, d), dt)
+        grid = rng.integers(0, 5, (400, 2)).astype(dt)  # many equal distances: ties to the lower index
+        yield Case({"index": fastattn.knn(pts, k, queries=qs), "index (ties)": fastattn.knn(grid, 12)},
+                   {"index": knn_reference(pts, k, qs), "index (ties)": knn_reference(grid, 12)}, 0.0)
+
+
+def layer_norm_cases(rng: np.random.Generator, dtype: str) -> Iterator[Case]:
+    dt = _dt(dtype)
+    for shape, affine, offset in [((4, 7, 384), True, 0.0), ((33, 1024), False, 50.0), ((5, 3), True, 0.0),
+                                  ((2, 64), True, -1e3)]:
+        x = randn(rng, shape, dt) + np.asarray(offset).astype(dt)  # an offset: the mean matters
+        w, b = (randn(rng, shape[-1:], dt), randn(rng, shape[-1:], dt)) if affine else (None, None)
+        x64 = x.astype(np.float64)
+        ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+        if affine:
+            ref = ref * w.astype(np.float64) + b.astype(np.float64)
+        # S: the row's |mean| / std, by which float32's rounding of x - mean is amplified
+        cond = np.abs(x64.mean(-1)) / np.sqrt(x64.var(-1) + 1e-5)
+        yield Case({"out": fastattn.layer_norm(x, w, b)}, {"out": ref}, float(cond.max()))
+
+
+def mha_cases(rng: np.random.Generator, dtype: str) -> Iterator[Case]:
+    dt = _dt(dtype)
+    for e, h, hkv, b, lq, lk, how in [(64, 8, 8, 2, 17, 17, "self causal"), (48, 6, 2, 3, 9, 40, "cross padding"),
+                                      (32, 4, 1, 1, 33, 33, "self mask"), (64, 8, 4, 2, 6, 6, "cache")]:
+        layer = fastattn.MultiHeadAttention(e, h, num_kv_heads=hkv, dtype=dt)
+        state = {k: randn(rng, v.shape, dt, 1.2 / np.sqrt(e) if v.ndim == 2 else 0.3)
+                 for k, v in layer.state_dict().items()}
+        layer.load_state_dict(state)
+        x = randn(rng, (b, lq, e), dt)
+        mem = x if how.startswith("self") or how == "cache" else randn(rng, (b, lk, e), dt)
+        kw: dict = {}
+        if how == "self causal":
+            kw["causal"] = True
+        elif how == "cross padding":
+            kw["key_padding_mask"] = rng.random((b, lk)) < 0.3
+        elif how == "self mask":
+            kw["attn_mask"] = make_mask(rng, "additive_inf", (lq, lk), np.float64 if dtype == "float64" else np.float32)
+        ref, ref_w = mha_reference(state, h, hkv, x, mem, causal=kw.get("causal", False),
+                                   key_padding_mask=kw.get("key_padding_mask"), attn_mask=kw.get("attn_mask"))
+        if how == "cache":  # the same causal self-attention, fed in 3 pieces through a KV cache
+            cache = layer.new_cache(b, lq)
+            out = np.concatenate([layer(x[:, i:i + 2], cache=cache, causal=True)[0] for i in range(0, lq, 2)], 1)
+            ref, ref_w = mha_reference(state, h, hkv, x, causal=True)
+            got = {"out": out}
+        else:
+            out, w = layer(x, None if mem is x else mem, need_weights=True, average_attn_weights=False, **kw)
+            got = {"out": out, "weights": w}
+        # the scores the reference computed: log of its weights is s - lse, so bound S by the raw q.k
+        s_max = _mha_score_max(state, h, hkv, x, mem, kw.get("attn_mask"))
+        want = {"out": ref, "weights": ref_w}
+        yield Case(got, {k: want[k] for k in got}, s_max)
+
+
+def _mha_score_max(state, h, hkv, x, mem, attn_mask):
+    e = x.shape[-1]
+    d, kv = e // h, hkv * (e // h)
+    s64 = {k: np.asarray(v, np.float64) for k, v in state.items()}
+    w, bias = s64["in_proj_weight"], s64["in_proj_bias"]
+    q = (x.astype(np.float64) @ w[:e].T + bias[:e]).reshape(x.shape[0], x.shape[1], h, d)
+    k = (mem.astype(np.float64) @ w[e:e + kv].T + bias[e:e + kv]).reshape(mem.shape[0], mem.shape[1], hkv, d)
+    k = np.repeat(k, h // hkv, axis=2)
+    s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d)
+    if attn_mask is not None:
+        m = np.asarray(attn_mask, np.float64)
+        s = s + np.where(np.isfinite(m), m, 0.0)
+    return float(np.abs(s).max(initial=0.0))
+
+
+def pe_cases(rng: np.random.Generator, dtype: str) -> Iterator[Case]:
+    for length, dim in [(512, 384), (7, 5), (2048, 64)]:
+        got = fastattn.sinusoidal_positional_encoding(length, dim, dtype=_dt(dtype))
+        pos = np.arange(length, dtype=np.float64)[:, None]
+        pair = np.arange(dim) - np.arange(dim) % 2
+        angle = pos / 10000.0 ** (pair / dim)
+        ref = np.where(np.arange(dim) % 2 == 0, np.sin(angle), np.cos(angle))
+        yield Case({"encoding": got}, {"encoding": ref}, 0.0)
+
+
 ENTRY_POINTS: Dict[str, Callable[[np.random.Generator, str], Iterator[Case]]] = {
     "scaled_dot_product_attention": sdpa_cases,
     "attention": attention_cases,
     "output_layer": output_layer_cases,
+    "vector_attention": vector_attention_cases,
+    "knn": knn_cases,
+    "layer_norm": layer_norm_cases,
+    "MultiHeadAttention": mha_cases,
+    "sinusoidal_positional_encoding": pe_cases,
 }
 
 
@@ -183,9 +347,10 @@ def measure(seed: int) -> Dict[str, Dict[str, float]]:
                     b32 = quantity == "lse" and dtype != "float64" or dtype == "float32"
                     allowed = b * (1.0 + case.score_max) if b32 else b
                     err = error(got, case.want[quantity])
+                    ratio = err / allowed if allowed > 0 else (0.0 if err == 0 else float("inf"))
                     key = f"{entry}/{dtype}/{quantity}"
-                    if key not in worst or err / allowed > worst[key]["ratio"]:
-                        worst[key] = {"error": err, "allowed": allowed, "ratio": err / allowed}
+                    if key not in worst or ratio > worst[key]["ratio"]:
+                        worst[key] = {"error": err, "allowed": allowed, "ratio": ratio}
     return worst
 
 

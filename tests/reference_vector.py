@@ -27,6 +27,21 @@ def group_of_channel(c, groups, sharing):
 def vector_attention_reference(query, key, value, *, index=None, pos=None, relation="subtract",
                                weight_mlp=None, groups=None, sharing="blocked", attn_mask=None):
     """Returns (out, weights) in float64."""
+    out, a, _, _ = _vector_attention(query, key, value, index, pos, relation, weight_mlp, groups, sharing,
+                                     attn_mask)
+    return out, a
+
+
+def vector_logits_reference(query, key, value, **kw):
+    """(w, visible): the float64 logits w_ij (..., Lq, Lk, G), an additive mask included, and the
+    boolean (..., Lq, Lk) of the pairs that take part in the softmax."""
+    _, _, w, visible = _vector_attention(query, key, value, kw.get("index"), kw.get("pos"),
+                                         kw.get("relation", "subtract"), kw.get("weight_mlp"),
+                                         kw.get("groups"), kw.get("sharing", "blocked"), kw.get("attn_mask"))
+    return w, visible
+
+
+def _vector_attention(query, key, value, index, pos, relation, weight_mlp, groups, sharing, attn_mask):
     q = np.asarray(query, dtype=np.float64)
     k = np.asarray(key, dtype=np.float64)
     v = np.asarray(value, dtype=np.float64)
@@ -44,7 +59,10 @@ def vector_attention_reference(query, key, value, *, index=None, pos=None, relat
         visible = idx >= 0
         safe = np.where(visible, idx, 0)
         qi = np.broadcast_to(q[:, None, :], (lq, lk, c))
-        kj, vj = k[safe], v[safe]
+        if k.shape[0] == 0:  # no key rows: every index is -1
+            kj = vj = np.zeros((lq, lk, c))
+        else:
+            kj, vj = k[safe], v[safe]
     r = {"subtract": qi - kj, "add": qi + kj, "multiply": qi * kj}[relation]
     delta = 0.0 if pos is None else np.broadcast_to(np.asarray(pos, dtype=np.float64), r.shape)
     r = r + delta
@@ -66,15 +84,16 @@ def vector_attention_reference(query, key, value, *, index=None, pos=None, relat
             visible = visible & (m != -np.inf)
             w = w + np.where(m == -np.inf, 0.0, m)[..., None]
     visible = np.broadcast_to(visible, w.shape[:-1])
+    logits = w
     w = np.where(visible[..., None], w, -np.inf)
-    top = w.max(axis=-2, keepdims=True)
+    top = w.max(axis=-2, keepdims=True, initial=-np.inf)
     top = np.where(np.isfinite(top), top, 0.0)
     e = np.where(visible[..., None], np.exp(w - top), 0.0)
     total = e.sum(axis=-2, keepdims=True)
     a = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
     vd = np.where(visible[..., None], vj + delta, 0.0)
     out = np.einsum("...jc,...jc->...c", a[..., gmap], vd)
-    return out, a
+    return out, a, logits, visible
 
 
 def knn_reference(points, k, queries=None):

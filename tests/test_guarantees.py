@@ -6,6 +6,14 @@ once per ISA the machine has.)
 Each guarantee that holds for every entry point takes its cases from a table in this file, keyed
 by the public name; an entry point added to fastattn adds its rows to each table (or a reason to
 EXEMPT), and test_every_entry_point_has_rows fails until it does.
+
+Classes: MultiHeadAttention is one entry point whose rows call a layer (``layer(query, ...)``, its
+forward, with and without a KV cache) and, in the bad-input table, its constructor,
+``load_state_dict`` and ``new_cache``; each row's id starts with "MultiHeadAttention". KVCache is
+made by ``MultiHeadAttention.new_cache`` and used only through the layer's ``cache=``, so the
+layer's rows cover it (STATE below). The layout helpers (split_heads, merge_heads, causal_mask,
+sinusoidal_positional_encoding) are plain NumPy with no kernel, mask or state: they have shape and
+bad-input rows, and EXEMPT says why the rest does not apply.
 """
 
 import json
@@ -23,17 +31,41 @@ import guarantee_accuracy
 from helpers import randn, run_python
 from reference import sdpa_reference
 from reference_attention import attention_reference, output_layer_reference
+from reference_vector import knn_reference, vector_attention_reference
+from reference_layers import mha_reference
 
 ALIGNS = ["softmax", "sigmoid", "sparsemax", "hard"]
 # The public names that take arrays; the rest of fastattn.__all__ controls the backend.
-ARRAY_ENTRY_POINTS = ["scaled_dot_product_attention", "attention", "output_layer"]
-CONTROL = {"backends", "get_num_threads", "last_kernel", "set_num_threads", "use_backend"}
+ARRAY_ENTRY_POINTS = ["scaled_dot_product_attention", "attention", "output_layer", "vector_attention", "knn",
+                      "layer_norm", "MultiHeadAttention", "split_heads", "merge_heads", "causal_mask",
+                      "sinusoidal_positional_encoding"]
+# Public classes whose guarantees are another entry point's rows.
+STATE = {"KVCache": "made by MultiHeadAttention.new_cache, used through its cache=: the layer's rows"}
+CONTROL = {"backends", "get_cuda_tf32", "get_num_threads", "last_kernel", "set_cuda_tf32", "set_num_threads",
+           "use_backend"}
 # Guarantees that do not apply to an entry point, with the reason (the README says the same).
 EXEMPT = {
     ("masking", "output_layer"): "takes no mask: a softmax over all n_out outputs",
     ("masked_poison", "output_layer"): "takes no mask",
     ("gil", "output_layer"): "NumPy arithmetic, no fastattn kernel (NumPy's BLAS releases the GIL)",
+    ("masking", "knn"): "takes no mask (its -1 columns past N are checked under shapes and accuracy)",
+    ("masked_poison", "knn"): "takes no mask",
+    ("nan_rows", "knn"): "refuses non-finite coordinates with ValueError (tests/test_bad_input.py)",
+    ("masking", "layer_norm"): "takes no mask",
+    ("masked_poison", "layer_norm"): "takes no mask",
 }
+_LAYOUT = {
+    "split_heads": "a view: no arithmetic, no kernel",
+    "merge_heads": "a view or one copy: no arithmetic, no kernel",
+    "causal_mask": "a bool pattern from two ints: no arithmetic on data, no kernel",
+    "sinusoidal_positional_encoding": "NumPy float64 sin/cos of two ints: no input data, no kernel",
+}
+for _name, _why in _LAYOUT.items():
+    for _g in ("masking", "masked_poison", "nan_rows", "huge_logits", "concurrency", "determinism", "gil"):
+        EXEMPT[(_g, _name)] = _why
+EXEMPT[("accuracy", "split_heads")] = "exact (a view): checked element for element under shapes"
+EXEMPT[("accuracy", "merge_heads")] = "exact (a view or a copy): checked element for element under shapes"
+EXEMPT[("accuracy", "causal_mask")] = "exact (bool): checked against the definition under shapes"
 # Every table below, by guarantee; each row's id starts with its entry point's public name.
 TABLES = {}
 
@@ -111,6 +143,72 @@ def _attention_empty(align, kind, return_weights=True, score="additive"):
     return make
 
 
+def _vector_pieces(rng, form, c=8, mlp=False, pos=False, lq=6, lk=9, m=7):
+    """Operands and keyword arguments of a small vector_attention call (dense: batch 2)."""
+    if form == "dense":
+        q, k, v = randn(rng, (2, lq, c)), randn(rng, (2, lk, c)), randn(rng, (2, lk, c))
+        kw = {}
+        p_shape = (2, lq, lk, c)
+    else:
+        q, k, v = randn(rng, (lq, c)), randn(rng, (m, c)), randn(rng, (m, c))
+        kw = {"index": rng.integers(0, m, (lq, lk))}
+        p_shape = (lq, lk, c)
+    if pos:
+        kw["pos"] = randn(rng, p_shape)
+    if mlp:
+        kw["weight_mlp"] = (randn(rng, (5, c), scale=c ** -0.5), randn(rng, (5,)), randn(rng, (4, 5)), randn(rng, (4,)))
+    else:
+        kw["groups"] = 4
+    return q, k, v, kw
+
+
+def _vector_empty(form, how, mlp=False):
+    def make(rng):
+        q, k, v, kw = _vector_pieces(rng, form, mlp=mlp, pos=True)
+        lead = q.shape[:-2] if form == "dense" else ()
+        empty = np.zeros(lead + (6,), bool)
+        empty[..., [1, 4]] = True
+        if how == "index -1":
+            kw["index"][[1, 4]] = -1
+        else:
+            kw["attn_mask"] = _rows_mask(6, 9, [1, 4], how)
+        out, w = fastattn.vector_attention(q, k, v, return_weights=True, **kw)
+        return [out, w.reshape(w.shape[:-2] + (-1,))], None, empty
+    return make
+
+
+def _mha(rng, e=16, h=4, hkv=None, dt=np.float32, zero_out_bias=False, **kw):
+    layer = fastattn.MultiHeadAttention(e, h, num_kv_heads=hkv, dtype=dt, seed=int(rng.integers(2 ** 31)), **kw)
+    state = {k: randn(rng, v.shape, dt, 0.5) for k, v in layer.state_dict().items()}
+    if zero_out_bias and "out_proj.bias" in state:
+        state["out_proj.bias"][:] = 0  # a query that sees no key then gives exactly 0
+    layer.load_state_dict(state)
+    return layer, state
+
+
+def _mha_empty(how):
+    def make(rng):
+        layer, _ = _mha(rng, hkv=2, zero_out_bias=True)
+        x, mem = randn(rng, (2, 6, 16)), randn(rng, (2, 9, 16))
+        empty = np.zeros((2, 6), bool)
+        kw = {}
+        if how == "padding":  # batch 1: every key is padding
+            kw["key_padding_mask"] = np.zeros((2, 9), bool)
+            kw["key_padding_mask"][1] = True
+            empty[1] = True
+        elif how == "causal bottom_right":  # Lq > Lk: the first queries see nothing
+            x, mem = randn(rng, (2, 9, 16)), randn(rng, (2, 6, 16))
+            kw["causal"] = "bottom_right"
+            empty = np.zeros((2, 9), bool)
+            empty[:, :3] = True
+        else:
+            kw["attn_mask"] = _rows_mask(6, 9, [1, 4], how)
+            empty[:, [1, 4]] = True
+        out, w = layer(x, mem, need_weights=True, average_attn_weights=False, **kw)
+        return [out, w.transpose(0, 2, 1, 3).reshape(w.shape[0], w.shape[2], -1)], None, empty
+    return make
+
+
 FULLY_MASKED = table("masking", [
     ("scaled_dot_product_attention: bool mask", _sdpa_empty(attn_mask=_rows_mask(6, 5, [0, 3], "bool"))),
     ("scaled_dot_product_attention: -inf mask", _sdpa_empty(attn_mask=_rows_mask(6, 5, [2, 5], "float"))),
@@ -123,6 +221,15 @@ FULLY_MASKED = table("masking", [
     for align in ALIGNS for kind in ("bool", "float")
 ] + [
     ("attention: dot softmax, context only (SDPA path)", _attention_empty("softmax", "bool", False, "dot")),
+] + [
+    (f"vector_attention: {form}, {how} mask{', weight MLP' if mlp else ''}", _vector_empty(form, how, mlp))
+    for form in ("dense", "neighbour") for how in ("bool", "float") for mlp in (False, True)
+] + [
+    ("vector_attention: neighbour, index -1", _vector_empty("neighbour", "index -1")),
+    ("vector_attention: neighbour, index -1, weight MLP", _vector_empty("neighbour", "index -1", True)),
+] + [
+    (f"MultiHeadAttention: {how} (out_proj bias 0)", _mha_empty(how))
+    for how in ("bool", "float", "padding", "causal bottom_right")
 ])
 
 
@@ -179,6 +286,47 @@ def _attention_poisoned(align, kind):
     return make
 
 
+def _vector_poisoned(form, kind, mlp=False):
+    # keys 2 and 7 (dense) or neighbour slots 2 and 7 are masked for every query; with index the
+    # key rows 0 and 3 are referenced only there, with pos its entries at those slots are poisoned
+    def make(poison):
+        rng = np.random.default_rng(77)
+        q, k, v, kw = _vector_pieces(rng, form, mlp=mlp, pos=True)
+        mask = np.ones((6, 9), bool)
+        mask[:, [2, 7]] = False
+        if form == "dense":
+            for a in (k, v):
+                a[:, [2, 7]] = poison
+        else:
+            idx = rng.integers(4, 7, (6, 9))
+            idx[:, 2], idx[:, 7] = 0, 3
+            kw["index"] = idx
+            for a in (k, v):
+                a[[0, 3]] = poison
+        kw["pos"][..., [2, 7], :] = poison
+        kw["attn_mask"] = mask if kind == "bool" else np.where(mask, np.float32(0.5), np.float32(-np.inf))
+        return list(fastattn.vector_attention(q, k, v, return_weights=True, **kw))
+    return make
+
+
+def _mha_poisoned(how):
+    # keys 3 and 8 are padding (or masked) for every query; their key and value inputs poisoned
+    def make(poison):
+        rng = np.random.default_rng(5)
+        layer, _ = _mha(rng, hkv=2)
+        x, mem = randn(rng, (2, 6, 16)), randn(rng, (2, 9, 16))
+        mem[:, [3, 8]] = poison
+        if how == "padding":
+            kpm = np.zeros((2, 9), bool)
+            kpm[:, [3, 8]] = True
+            kw = {"key_padding_mask": kpm}
+        else:
+            kw = {"attn_mask": _sdpa_masked_keys(how)[:6]}
+        out, w = layer(x, mem, need_weights=True, **kw)
+        return [out, w]
+    return make
+
+
 MASKED_POISON = table("masked_poison", [
     ("scaled_dot_product_attention: bool mask", _sdpa_poisoned("mask", attn_mask=_sdpa_masked_keys("bool"))),
     ("scaled_dot_product_attention: -inf mask", _sdpa_poisoned("mask", attn_mask=_sdpa_masked_keys("float"))),
@@ -188,6 +336,11 @@ MASKED_POISON = table("masked_poison", [
 ] + [
     (f"attention: {align}, {kind} mask", _attention_poisoned(align, kind))
     for align in ALIGNS for kind in ("bool", "float")
+] + [
+    (f"vector_attention: {form}, {kind} mask{', weight MLP' if mlp else ''}", _vector_poisoned(form, kind, mlp))
+    for form in ("dense", "neighbour") for kind in ("bool", "float") for mlp in (False, True)
+] + [
+    (f"MultiHeadAttention: {how}", _mha_poisoned(how)) for how in ("padding", "bool", "float")
 ])
 
 
@@ -250,12 +403,86 @@ def _output_layer_nan(rng):
     return [fastattn.output_layer(c, randn(rng, (5, 6)), randn(rng, (5,)))], reads
 
 
+def _vector_nan(form, where, mlp=False):
+    # groups: 4 of 2 channels (or the MLP's 4 outputs); queries 3..5 see key 5 (dense) or the
+    # neighbour slot that holds key row 5 (neighbour form: rows 0 and 4 of the index)
+    def make(rng):
+        q, k, v, kw = _vector_pieces(rng, form, mlp=mlp, pos=True)
+        lead = q.shape[:-2] if form == "dense" else ()
+        reads = np.zeros(lead + (6,), bool)
+        if form == "dense":
+            mask = np.ones((6, 9), bool)
+            mask[:3, 5] = False
+            kw["attn_mask"] = mask
+        else:
+            idx = rng.integers(0, 5, (6, 9))
+            idx[[0, 4], 3] = 5
+            kw["index"] = idx
+        if where == "query":
+            q[..., 2, 3] = np.nan
+            reads[..., 2] = True
+        elif where == "pos":
+            kw["pos"][..., 1, 4, 0] = np.nan
+            reads[..., 1] = True
+        else:
+            a = k if where == "key" else v
+            if form == "dense":
+                a[0, 5, 1] = np.nan
+                reads[0, 3:] = True
+            else:
+                a[5, 1] = np.nan
+                reads[[0, 4]] = True
+        out, w = fastattn.vector_attention(q, k, v, return_weights=True, **kw)
+        results = [out] + ([w.reshape(w.shape[:-2] + (-1,))] if where != "value" else [])
+        return results, reads
+    return make
+
+
+def _layer_norm_nan(where):
+    def make(rng):
+        x, w, b = randn(rng, (3, 5, 12)), randn(rng, (12,)), randn(rng, (12,))
+        reads = np.zeros((3, 5), bool)
+        if where == "x":
+            x[1, 3, 7] = np.nan
+            reads[1, 3] = True
+        else:  # a NaN weight or bias entry: every row reads it
+            (w if where == "weight" else b)[4] = np.nan
+            reads[:] = True
+        return [fastattn.layer_norm(x, w, b)], reads
+    return make
+
+
+def _mha_nan(where):
+    def make(rng):
+        layer, _ = _mha(rng, hkv=2)
+        x, mem = randn(rng, (2, 6, 16)), randn(rng, (2, 9, 16))
+        mask = np.ones((6, 9), bool)
+        mask[:3, 5] = False  # key 5 is seen by queries 3..5 only
+        reads = np.zeros((2, 6), bool)
+        if where == "query":
+            x[1, 2, 0] = np.nan
+            reads[1, 2] = True
+        else:
+            mem[0, 5, 1] = np.nan
+            reads[0, 3:] = True
+        out, w = layer(x, mem, attn_mask=mask, need_weights=True)
+        return [out] + ([w] if where == "query" else []), reads
+    return make
+
+
 NAN_ROWS = table("nan_rows", [
     (f"scaled_dot_product_attention: NaN in {w}", _sdpa_nan(w)) for w in ("query", "key", "value")
 ] + [
     (f"attention: {align}, NaN in {w}", _attention_nan(align, w)) for align in ALIGNS for w in ("query", "key")
 ] + [
     ("output_layer: NaN in context", _output_layer_nan),
+] + [
+    (f"vector_attention: {form}, NaN in {w}{', weight MLP' if mlp else ''}", _vector_nan(form, w, mlp))
+    for form in ("dense", "neighbour") for w in ("query", "key", "value", "pos") for mlp in (False, True)
+] + [
+    (f"layer_norm: NaN in {w}", _layer_norm_nan(w)) for w in ("x", "weight", "bias")
+] + [
+    (f"MultiHeadAttention: NaN in {w}", _mha_nan(w)) for w in ("query", "key and value")
 ])
 
 
@@ -301,10 +528,66 @@ def _output_layer_huge(rng):
     return [fastattn.output_layer(c, w[0])], [output_layer_reference(c, w[0])]
 
 
+def _vector_huge(form, relation, mlp=False, mask=False):
+    # unit rows times 1e15: q_i * k_j up to 1e30 per channel ("multiply"), or an MLP output of
+    # order 1e15 ("subtract"); the top two weights of a group far apart
+    def make(rng):
+        q, k, _ = _huge_inputs(rng, lq=5, lk=11, d=8)
+        v = randn(rng, (2, 11, 8))
+        kw = {"relation": relation}
+        if form == "neighbour":
+            q, k, v = q[0], k[0], v[0]
+            kw["index"] = rng.integers(0, 11, (5, 6))
+        if mlp:
+            kw["weight_mlp"] = (randn(rng, (5, 8)), randn(rng, (5,)), randn(rng, (4, 5)), randn(rng, (4,)))
+        else:
+            kw["groups"] = 8
+        if mask:
+            m = np.zeros(kw["index"].shape if form == "neighbour" else (5, 11), np.float32)
+            m[:, 3] = 1e30
+            kw["attn_mask"] = m
+        return list(fastattn.vector_attention(q, k, v, return_weights=True, **kw)), \
+            list(vector_attention_reference(q, k, v, **kw))
+    return make
+
+
+def _knn_huge(rng):
+    pts = (1e30 * rng.standard_normal((300, 3))).astype(np.float32)  # squared distances ~1e60
+    return [fastattn.knn(pts, 8)], [knn_reference(pts, 8)]
+
+
+def _layer_norm_huge(rng):
+    # float32 rows of 1e30: their squared deviations (1e60) overflow float32
+    x = (1e30 * rng.standard_normal((4, 33))).astype(np.float32)
+    x64 = x.astype(np.float64)
+    ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+    return [fastattn.layer_norm(x)], [ref]
+
+
+def _mha_huge(rng):
+    # identity projections, one head of 8: q = k = x, unit rows times 1e15, scores 1e30 / sqrt(8)
+    layer = fastattn.MultiHeadAttention(8, 1, bias=False)
+    eye = np.eye(8, dtype=np.float32)
+    state = {"in_proj_weight": np.concatenate([eye, eye, randn(rng, (8, 8))]), "out_proj.weight": randn(rng, (8, 8))}
+    layer.load_state_dict(state)
+    q, k, _ = _huge_inputs(rng, d=8)
+    v = randn(rng, k.shape, scale=0.05)  # small values: the output is compared at atol 1e-6
+    out, w = layer(q, k, v, need_weights=True)
+    ref, ref_w = mha_reference(state, 1, 1, q, k, v)
+    return [out, w], [ref, ref_w[:, 0]]
+
+
 HUGE_LOGITS = table("huge_logits", [
     ("scaled_dot_product_attention: scores and mask 1e30", _sdpa_huge),
 ] + [(f"attention: {align}", _attention_huge(align)) for align in ALIGNS] + [
     ("output_layer: logits 1e30", _output_layer_huge),
+    ("vector_attention: dense, multiply, weights 1e30", _vector_huge("dense", "multiply")),
+    ("vector_attention: dense, subtract, weight MLP, mask 1e30", _vector_huge("dense", "subtract", True, True)),
+    ("vector_attention: neighbour, multiply, mask 1e30", _vector_huge("neighbour", "multiply", mask=True)),
+    ("vector_attention: neighbour, add, weight MLP", _vector_huge("neighbour", "add", True)),
+    ("knn: coordinates 1e30 (float32)", _knn_huge),
+    ("layer_norm: x 1e30 (float32)", _layer_norm_huge),
+    ("MultiHeadAttention: scores 1e30", _mha_huge),
 ])
 
 
@@ -346,6 +629,82 @@ def _output_layer_shape(cs, n_out):
     return make
 
 
+def _vector_shape(form, qs, ks, s=None, mlp=False):
+    def make(rng):
+        q, k, v = randn(rng, qs), randn(rng, ks), randn(rng, ks)
+        c = qs[-1]
+        kw = {"pos": randn(rng, (qs[-2], s if s is not None else ks[-2], c))}
+        if s is not None:
+            kw["index"] = rng.integers(-1, ks[0], (qs[0], s)) if ks[0] else np.full((qs[0], s), -1)
+        if mlp:
+            kw["weight_mlp"] = (randn(rng, (3, c)), randn(rng, (3,)), randn(rng, (1, 3)), randn(rng, (1,)))
+        return (list(fastattn.vector_attention(q, k, v, return_weights=True, **kw)),
+                list(vector_attention_reference(q, k, v, **kw)))
+    return make
+
+
+def _knn_shape(n, nq, d, k):
+    def make(rng):
+        pts = randn(rng, (n, d))
+        qs = None if nq is None else randn(rng, (nq, d))
+        return [fastattn.knn(pts, k, queries=qs)], [knn_reference(pts, k, qs)]
+    return make
+
+
+def _layer_norm_shape(xs, affine=True):
+    def make(rng):
+        x = randn(rng, xs)
+        w, b = (randn(rng, xs[-1:]), randn(rng, xs[-1:])) if affine else (None, None)
+        x64 = x.astype(np.float64)
+        ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) if x.size else x64
+        if affine:
+            ref = ref * w + b
+        return [fastattn.layer_norm(x, w, b)], [ref]
+    return make
+
+
+def _mha_shape(b, lq, lk, unbatched=False):
+    def make(rng):  # float64: the shapes and exact zeros are checked here, float32 error under accuracy
+        layer, state = _mha(rng, hkv=2, dt=np.float64)
+        x, mem = randn(rng, (b, lq, 16), np.float64), randn(rng, (b, lk, 16), np.float64)
+        if b * lq * lk:
+            ref = mha_reference(state, 4, 2, x, mem)[0]
+        else:  # no key: 0 @ Wo + bo
+            ref = np.broadcast_to(state["out_proj.bias"].astype(np.float64), (b, lq, 16))
+        if unbatched:
+            x, mem, ref = x[0], mem[0], ref[0]
+        return [layer(x, mem)[0]], [ref]
+    return make
+
+
+def _split_merge_shape(shape, h):
+    def make(rng):
+        x = randn(rng, shape)
+        heads = fastattn.split_heads(x, h)
+        ref = x.reshape(shape[:-1] + (h, shape[-1] // h)).swapaxes(-2, -3)
+        return [heads, fastattn.merge_heads(heads), fastattn.merge_heads(np.ascontiguousarray(heads))], [ref, x, x]
+    return make
+
+
+def _causal_mask_shape(lq, lk):
+    def make(rng):
+        i, j = np.arange(lq)[:, None], np.arange(lk)[None, :]
+        return ([fastattn.causal_mask(lq, lk), fastattn.causal_mask(lq, lk, "bottom_right")],
+                [j <= i, j <= i + lk - lq])
+    return make
+
+
+def _pe_shape(length, dim):
+    def make(rng):
+        pos = np.arange(length, dtype=np.float64)[:, None]
+        ref = np.zeros((length, dim))
+        for c in range(dim):
+            angle = pos[:, 0] / 10000.0 ** ((c - c % 2) / dim)
+            ref[:, c] = np.sin(angle) if c % 2 == 0 else np.cos(angle)
+        return [fastattn.sinusoidal_positional_encoding(length, dim, dtype=np.float64)], [ref]
+    return make
+
+
 _ATTENTION_SHAPES = [("batch 0", (0, 3, 4), (0, 5, 4), (0, 5, 2)), ("Lq 0", (2, 0, 4), (2, 5, 4), (2, 5, 2)),
                      ("Lk 0", (2, 3, 4), (2, 0, 4), (2, 0, 2)), ("d 1", (2, 3, 1), (2, 5, 1), (2, 5, 1))]
 SHAPES = table("shapes", [
@@ -360,6 +719,38 @@ SHAPES = table("shapes", [
 ] + [
     ("output_layer: batch 0", _output_layer_shape((0, 4), 3)),
     ("output_layer: dv 1, n_out 1", _output_layer_shape((3, 1), 1)),
+    ("vector_attention: dense, batch 0", _vector_shape("dense", (0, 3, 4), (0, 5, 4))),
+    ("vector_attention: dense, Lq 0", _vector_shape("dense", (2, 0, 4), (2, 5, 4))),
+    ("vector_attention: dense, Lk 0", _vector_shape("dense", (2, 3, 4), (2, 0, 4), mlp=True)),
+    ("vector_attention: dense, C 1", _vector_shape("dense", (2, 3, 1), (2, 5, 1), mlp=True)),
+    ("vector_attention: neighbour, N 0", _vector_shape("neighbour", (0, 4), (5, 4), s=3)),
+    ("vector_attention: neighbour, S 0", _vector_shape("neighbour", (3, 4), (5, 4), s=0, mlp=True)),
+    ("vector_attention: neighbour, M 0 (every index -1)", _vector_shape("neighbour", (3, 4), (0, 4), s=2)),
+    ("vector_attention: neighbour, S 1, C 1", _vector_shape("neighbour", (3, 1), (5, 1), s=1)),
+    ("knn: N 0", _knn_shape(0, 4, 3, 2)),
+    ("knn: Nq 0", _knn_shape(10, 0, 3, 2)),
+    ("knn: k 0", _knn_shape(10, None, 3, 0)),
+    ("knn: k > N", _knn_shape(3, None, 2, 5)),
+    ("knn: N 1, D 1", _knn_shape(1, None, 1, 1)),
+    ("layer_norm: no rows", _layer_norm_shape((0, 5))),
+    ("layer_norm: d 0", _layer_norm_shape((3, 0))),
+    ("layer_norm: d 1 (zero variance)", _layer_norm_shape((4, 1))),
+    ("layer_norm: 1-D x, no weight or bias", _layer_norm_shape((7,), affine=False)),
+    ("MultiHeadAttention: batch 0", _mha_shape(0, 3, 5)),
+    ("MultiHeadAttention: Lq 0", _mha_shape(2, 0, 5)),
+    ("MultiHeadAttention: Lk 0", _mha_shape(2, 3, 0)),
+    ("MultiHeadAttention: Lq 1, Lk 1", _mha_shape(2, 1, 1)),
+    ("MultiHeadAttention: unbatched", _mha_shape(1, 4, 6, unbatched=True)),
+    ("split_heads: (2, 5, 12) into 3, and merge_heads back", _split_merge_shape((2, 5, 12), 3)),
+    ("split_heads: L 0", _split_merge_shape((2, 0, 8), 2)),
+    ("merge_heads: one head of D 1", _split_merge_shape((4, 1), 1)),
+    ("causal_mask: (5, 8)", _causal_mask_shape(5, 8)),
+    ("causal_mask: (8, 5)", _causal_mask_shape(8, 5)),
+    ("causal_mask: (0, 4)", _causal_mask_shape(0, 4)),
+    ("sinusoidal_positional_encoding: (50, 9)", _pe_shape(50, 9)),
+    ("sinusoidal_positional_encoding: length 0", _pe_shape(0, 4)),
+    ("sinusoidal_positional_encoding: dim 0", _pe_shape(3, 0)),
+    ("sinusoidal_positional_encoding: dim 1", _pe_shape(3, 1)),
 ])
 
 
@@ -445,6 +836,45 @@ def _output_layer_call(rng):
     return lambda: [fastattn.output_layer(c, w, b)]
 
 
+def _vector_call(rng, form, mlp):
+    c, n = 64, 700
+    if form == "dense":
+        q, k, v = randn(rng, (2, 60, c)), randn(rng, (2, 200, c)), randn(rng, (2, 200, c))
+        kw = {"attn_mask": rng.random((60, 200)) < 0.9}
+    else:
+        q, k, v = randn(rng, (n, c)), randn(rng, (n, c)), randn(rng, (n, c))
+        kw = {"index": fastattn.knn(randn(rng, (n, 3)), 16), "pos": randn(rng, (n, 16, c))}
+    if mlp:  # 64 -> 8 -> 8: the tiled path with per-thread projections
+        kw["weight_mlp"] = (randn(rng, (8, c), scale=0.125), randn(rng, (8,)), randn(rng, (8, 8)), randn(rng, (8,)))
+    else:
+        kw["groups"] = 8
+    return lambda: list(fastattn.vector_attention(q, k, v, return_weights=True, **kw))
+
+
+def _knn_call(rng):
+    pts, qs = randn(rng, (6000, 3)), randn(rng, (3000, 3))
+    return lambda: [fastattn.knn(pts, 16), fastattn.knn(pts, 5, queries=qs)]
+
+
+def _layer_norm_call(rng):
+    x, w, b = randn(rng, (300, 384)), randn(rng, (384,)), randn(rng, (384,))
+    return lambda: [fastattn.layer_norm(x, w, b)]
+
+
+def _mha_call(rng, cached):
+    layer, _ = _mha(rng, e=64, h=8, hkv=2)
+    x = randn(rng, (2, 40, 64))
+    if not cached:
+        return lambda: list(layer(x, causal=True, need_weights=True))
+
+    def decode():  # a cache per call: prefill 30 positions, then 10 one-token steps
+        cache = layer.new_cache(2, 40)
+        outs = [layer(x[:, :30], cache=cache, causal=True)[0]]
+        outs += [layer(x[:, t:t + 1], cache=cache)[0] for t in range(30, 40)]
+        return outs
+    return decode
+
+
 CALLS = table("concurrency", [
     ("scaled_dot_product_attention: causal", lambda rng: _sdpa_call(rng, causal=True)),
     ("scaled_dot_product_attention: window and kv_lengths",
@@ -453,6 +883,14 @@ CALLS = table("concurrency", [
 ] + [(f"attention: additive {align}", lambda rng, a=align: _attention_call(rng, a)) for align in ALIGNS] + [
     ("attention: dot softmax", lambda rng: _attention_call(rng, "softmax", "dot")),
     ("output_layer", _output_layer_call),
+    ("vector_attention: dense, groups", lambda rng: _vector_call(rng, "dense", False)),
+    ("vector_attention: dense, weight MLP", lambda rng: _vector_call(rng, "dense", True)),
+    ("vector_attention: neighbour, groups", lambda rng: _vector_call(rng, "neighbour", False)),
+    ("vector_attention: neighbour, weight MLP (tiled path)", lambda rng: _vector_call(rng, "neighbour", True)),
+    ("knn", _knn_call),
+    ("layer_norm", _layer_norm_call),
+    ("MultiHeadAttention: causal, weights", lambda rng: _mha_call(rng, False)),
+    ("MultiHeadAttention: KV cache decoding", lambda rng: _mha_call(rng, True)),
 ])
 
 
@@ -494,9 +932,37 @@ def _gil_attention(rng):
     return lambda: fastattn.attention(q, k, v, score="additive", align="sparsemax", params=params)
 
 
+def _gil_vector(rng):
+    n, c = 100000, 64  # about 0.1 s on the tiled path (AVX2, 2 threads)
+    q, k, v = randn(rng, (n, c)), randn(rng, (n, c)), randn(rng, (n, c))
+    index = rng.integers(0, n, (n, 48))
+    mlp = (randn(rng, (8, c), scale=0.125), randn(rng, (8,)), randn(rng, (8, 8)), randn(rng, (8,)))
+    return lambda: fastattn.vector_attention(q, k, v, index=index, weight_mlp=mlp)
+
+
+def _gil_knn(rng):
+    pts = randn(rng, (200000, 3))
+    return lambda: fastattn.knn(pts, 16)
+
+
+def _gil_layer_norm(rng):
+    x = randn(rng, (20000, 768))  # ~10 ms a call (memory-bound): ten calls to tell
+    return lambda: [fastattn.layer_norm(x) for _ in range(10)]
+
+
+def _gil_mha(rng):
+    layer, _ = _mha(rng, e=256, h=4)
+    x = randn(rng, (2, 2000, 256))
+    return lambda: layer(x)
+
+
 GIL = table("gil", [
     ("scaled_dot_product_attention", _gil_sdpa),
     ("attention: additive sparsemax (general kernel)", _gil_attention),
+    ("vector_attention: neighbour, weight MLP", _gil_vector),
+    ("knn: tree build and search", _gil_knn),
+    ("layer_norm", _gil_layer_norm),
+    ("MultiHeadAttention: projections (BLAS) and the SDPA kernel", _gil_mha),
 ])
 
 
@@ -561,7 +1027,7 @@ def test_thread_count_changes_take_effect():
 # results agree to ACROSS_THREADS_RTOL. (Across ISAs results differ in rounding; each is within
 # the accuracy bound of the reference, checked per ISA above.)
 ACROSS_THREADS_RTOL = 1e-6
-SPLIT_BY_THREADS = {"scaled_dot_product_attention: decoding (split-KV)"}
+SPLIT_BY_THREADS = {"scaled_dot_product_attention: decoding (split-KV)", "MultiHeadAttention: KV cache decoding"}
 table("determinism", CALLS)
 
 
@@ -590,7 +1056,7 @@ def test_deterministic_for_a_thread_count(rng, restore_threads):
 
 def test_every_entry_point_has_rows():
     public = set(fastattn.__all__)
-    unknown = public - set(ARRAY_ENTRY_POINTS) - CONTROL
+    unknown = public - set(ARRAY_ENTRY_POINTS) - CONTROL - set(STATE)
     assert not unknown, (f"new public names {sorted(unknown)}: add them to ARRAY_ENTRY_POINTS (and rows to "
                          f"every table in tests/test_guarantees.py and tests/test_bad_input.py) or to CONTROL")
     import test_bad_input

@@ -501,7 +501,8 @@ py::str vector_attention(py::handle q_handle, py::handle k_handle, py::handle v_
   if (!pos.is_none()) {
     pos_array = as_array(pos, "pos");
     if (pos_array.ndim() != ndim + 1 || pos_array.itemsize() != itemsize ||
-        pos_array.shape(ndim) != p.c || (p.c > 1 && pos_array.strides(ndim) != itemsize))
+        pos_array.shape(ndim) != p.c ||
+        (p.c > 1 && pos_array.size() > 0 && pos_array.strides(ndim) != itemsize))
       internal_error("pos must be (*batch, lq, lk, c) with contiguous channels");
     for (auto [dim, full] : {std::pair<py::ssize_t, int64_t>{ndim - 2, p.lq}, {ndim - 1, p.lk}})
       if (pos_array.shape(dim) != 1 && pos_array.shape(dim) != full)

@@ -133,7 +133,8 @@ void search(const Tree& tree, int64_t node_id, const double* q, double rd, doubl
 std::vector<double> as_double(const void* data, bool f64, int64_t count) {
   std::vector<double> out(static_cast<size_t>(count));
   if (f64) {
-    std::memcpy(out.data(), data, size_t(count) * sizeof(double));
+    // not for count 0: out.data() may then be null, and memcpy from or to null is undefined
+    if (count > 0) std::memcpy(out.data(), data, size_t(count) * sizeof(double));
   } else {
     const float* f = static_cast<const float*>(data);
     for (int64_t i = 0; i < count; ++i) out[size_t(i)] = f[i];

@@ -54,15 +54,35 @@ struct LayerNormRows {
     return s;
   }
 
+  // 1 / sqrt(var + eps) of a row whose squared deviations overflow T (|x - mean| past about 1e19
+  // in float32): the deviations divided by the largest one first, which cannot overflow. Rare
+  // (huge inputs), so plain scalar code. A row with Inf or NaN keeps the unscaled answer.
+  static T scaled_rstd(const T* x, int64_t n, T mean, T eps) {
+    T amax = T(0);
+    for (int64_t i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(x[i] - mean));
+    if (!std::isfinite(amax) || amax == T(0)) return T(0);
+    T s = T(0);
+    for (int64_t i = 0; i < n; ++i) {
+      const T u = (x[i] - mean) / amax;
+      s += u * u;
+    }
+    return T(1) / (amax * std::sqrt(s / T(n) + eps / amax / amax));
+  }
+
   void run_row(int64_t r) const {
     const int64_t d = p.d;
     const T* x = static_cast<const T*>(p.x) + r * p.x_row_stride;
     T* out = static_cast<T*>(p.out) + r * d;
     const T* w = static_cast<const T*>(p.weight);
     const T* b = static_cast<const T*>(p.bias);
-    const T mean = row_sum(x, d) / T(d);
+    T mean = row_sum(x, d) / T(d);
+    if (std::isinf(mean)) {  // the sum left T's range (|x| near its limit): sum x / d instead
+      mean = T(0);
+      for (int64_t i = 0; i < d; ++i) mean += x[i] / T(d);
+    }
     const T var = row_sum_sq_dev(x, d, mean) / T(d);
-    const T rstd = T(1) / std::sqrt(var + T(p.eps));
+    T rstd = T(1) / std::sqrt(var + T(p.eps));
+    if (std::isinf(var)) rstd = scaled_rstd(x, d, mean, T(p.eps));
     const V vm = V::set1(mean), vr = V::set1(rstd);
     int64_t i = 0;
     for (; i + W <= d; i += W) {

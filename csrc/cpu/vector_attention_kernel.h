@@ -181,7 +181,8 @@ struct VectorAttentionPlan {
     if (mlp) setup_mlp();
     // The fast path: the hidden units and the groups fit one vector each (Point Transformer v2's
     // 8 and 8 on AVX2 float32), so a pair's hidden row and its weight row are one register each.
-    fast = project && hpad == W && gs == W;
+    // Not with no keys (lk == 0): its tiling divides by lk; the general path writes the zeros.
+    fast = project && hpad == W && gs == W && p.lk > 0;
     tcap = fast ? kPairTile + 8 : ts;  // rows of the tile arrays
 
     // rtile (ts x cpad) | htile (tcap x hpad) | utile (tcap x gs) | acc (cpad) | m, ms, l, sc (gs) |

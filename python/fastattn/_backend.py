@@ -37,7 +37,7 @@ def _cuda_module() -> Tuple[Optional[ModuleType], Optional[str]]:
             _cuda_state = (importlib.import_module("fastattn._cuda"), None)
         except ImportError as exc:
             if not _cpu.build_info()["cuda_compiler_found"]:
-                why = "no CUDA compiler was found when fastattn was built"
+                why = "fastattn was built without its CUDA module (no CUDA compiler was found, or FASTATTN_CUDA=OFF)"
             elif "No module named" in str(exc):
                 why = "this version of fastattn builds no CUDA module"
             else:

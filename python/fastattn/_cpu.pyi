@@ -1,6 +1,6 @@
 # Type stubs for the compiled CPU backend, fastattn._cpu (csrc/bindings/cpu_module.cpp).
-# Private: the public API in fastattn.functional checks every argument and calls these with
-# operands in kernel form. `python -m mypy.stubtest fastattn._cpu` (run in CI) checks that these
+# Private: the public API (fastattn.functional, fastattn.vector) checks every argument and calls
+# these with operands in kernel form. `python -m mypy.stubtest fastattn._cpu` (run in CI) checks that these
 # stubs and the compiled module agree; a new binding needs its line here.
 from typing import Any, Optional, TypedDict, Union
 
@@ -70,6 +70,25 @@ def attention(
     act_code: int,
     bias: float,
     align_code: int,
+) -> str: ...
+def vector_attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    out: np.ndarray,
+    weights: Optional[np.ndarray],
+    index: Optional[np.ndarray],
+    pos: Optional[np.ndarray],
+    mask: Optional[np.ndarray],
+    mlp: Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    groups: int,
+    relation_code: int,
+    sharing_code: int,
+) -> str: ...
+def knn(points: np.ndarray, queries: np.ndarray, index: np.ndarray) -> None: ...
+def linear(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], out: np.ndarray) -> str: ...
+def layer_norm(
+    x: np.ndarray, weight: Optional[np.ndarray], bias: Optional[np.ndarray], out: np.ndarray, eps: float
 ) -> str: ...
 def isa() -> str: ...
 def compiled_isas() -> list[str]: ...

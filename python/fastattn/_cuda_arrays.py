@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -44,6 +44,8 @@ def set_cuda_tf32(enabled: bool) -> None:
     mantissa; about 1e-3 relative error instead of 1e-6), for every later call. Off by default;
     FASTATTN_CUDA_TF32=1 turns it on at import. float16, bfloat16 and float64 are not affected."""
     global _tf32
+    if not isinstance(enabled, (bool, np.bool_)):  # bool("false") is True: refuse, never guess
+        raise TypeError(f"set_cuda_tf32 takes True or False, got {enabled!r}")
     with _tf32_lock:
         _tf32 = bool(enabled)
 
@@ -63,8 +65,9 @@ class GpuArray:
 
     __slots__ = ("ptr", "shape", "strides", "dtype", "device", "library", "owner", "_keep")
 
-    def __init__(self, ptr, shape, strides, dtype, device, library, owner, keep=None):
-        self.ptr, self.shape, self.strides = int(ptr), tuple(shape), tuple(strides)
+    def __init__(self, ptr: int, shape: Sequence[int], strides: Sequence[int], dtype: str, device: int,
+                 library: str, owner: Any, keep: Any = None) -> None:
+        self.ptr, self.shape, self.strides = int(ptr), tuple(int(n) for n in shape), tuple(int(s) for s in strides)
         self.dtype, self.device, self.library, self.owner = dtype, int(device), library, owner
         self._keep = keep
 
@@ -100,17 +103,14 @@ def _library(x: Any) -> str:
     return mod if mod in ("torch", "cupy") else "other"
 
 
-def _from_cai(x: Any, cai: dict, library: str) -> GpuArray:
+def _from_cai(x: Any, cai: Dict[str, Any], library: str) -> GpuArray:
     shape = tuple(int(n) for n in cai["shape"])
     typestr = cai["typestr"]
     dtype = _TYPESTR.get(typestr, typestr)
     item = np.dtype(typestr).itemsize
+    strides: Tuple[int, ...]
     if cai.get("strides") is None:
-        strides, acc = [], 1
-        for n in reversed(shape):
-            strides.append(acc)
-            acc *= n
-        strides = tuple(reversed(strides))
+        strides = _c_strides(shape)
     else:
         bstrides = tuple(int(s) for s in cai["strides"])
         if any(s % item for s in bstrides):
@@ -118,6 +118,15 @@ def _from_cai(x: Any, cai: dict, library: str) -> GpuArray:
         strides = tuple(s // item for s in bstrides)
     ptr = int(cai["data"][0])
     return GpuArray(ptr, shape, strides, dtype, _device_of(x, ptr, library), library, x)
+
+
+def _c_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """Element strides of a C-contiguous array of `shape`."""
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= n
+    return tuple(reversed(strides))
 
 
 def _device_of(x: Any, ptr: int, library: str) -> int:
@@ -169,15 +178,11 @@ def _from_dlpack(x: Any, library: str, stream: int) -> GpuArray:
     dtype = _DL_CODES.get((t.dtype.code, t.dtype.bits), f"dlpack({t.dtype.code},{t.dtype.bits})")
     if t.dtype.lanes != 1:
         raise TypeError(f"DLPack arrays of {t.dtype.lanes}-lane vectors are not supported")
-    shape = tuple(t.shape[i] for i in range(t.ndim))
+    shape = tuple(int(t.shape[i]) for i in range(t.ndim))
     if t.strides:
-        strides = tuple(t.strides[i] for i in range(t.ndim))
+        strides = tuple(int(t.strides[i]) for i in range(t.ndim))
     else:
-        strides, acc = [], 1
-        for n in reversed(shape):
-            strides.append(acc)
-            acc *= n
-        strides = tuple(reversed(strides))
+        strides = _c_strides(shape)
     ptr = (t.data or 0) + t.byte_offset
     # The capsule stays referenced (so the producer's deleter has not run) as long as the GpuArray.
     return GpuArray(ptr, shape, strides, dtype, t.device.device_id, library, x, keep=capsule)
@@ -224,7 +229,7 @@ def current_stream(library: str, device: int) -> int:
     return 0
 
 
-def _empty(library: str, shape, dtype: str, device: int, like: Any):
+def _empty(library: str, shape: Tuple[int, ...], dtype: str, device: int, like: Any) -> Any:
     """A new array of the caller's library on `device`."""
     if library == "torch":
         import torch
@@ -243,7 +248,7 @@ def _empty(library: str, shape, dtype: str, device: int, like: Any):
     )
 
 
-def _to_device(library: str, a: np.ndarray, device: int, like: Any):
+def _to_device(library: str, a: np.ndarray, device: int, like: Any) -> Any:
     """A host array (mask, kv_lengths) as an array of the caller's library on `device`."""
     if library == "torch":
         import torch
@@ -257,7 +262,7 @@ def _to_device(library: str, a: np.ndarray, device: int, like: Any):
     raise TypeError(f"cannot move host arrays next to {type(like).__name__} arrays")
 
 
-def _astype(library: str, x: Any, dtype: str):
+def _astype(library: str, x: Any, dtype: str) -> Any:
     if library == "torch":
         import torch
 
@@ -287,7 +292,7 @@ def _kernel_form(a: GpuArray, ndim: int) -> Tuple[Tuple[int, ...], Tuple[int, ..
     return (1,) * pad + shape, (0,) * pad + strides
 
 
-def _batch_strides(shape, strides, nb) -> List[int]:
+def _batch_strides(shape: Sequence[int], strides: Sequence[int], nb: int) -> List[int]:
     return [0 if n == 1 else s for n, s in zip(shape[:nb], strides[:nb])]
 
 
@@ -304,7 +309,7 @@ def _check_dims(d: int, dv: int, nbatch: int) -> None:
         )
 
 
-def _contiguous(library: str, x: Any):
+def _contiguous(library: str, x: Any) -> Any:
     if library == "torch":
         return x.contiguous()
     if library == "cupy":
@@ -314,7 +319,10 @@ def _contiguous(library: str, x: Any):
     raise ValueError(f"a {type(x).__name__} operand whose last dim is not contiguous cannot be read")
 
 
-def sdpa(module, query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out):
+def sdpa(
+    module: Any, query: Any, key: Any, value: Any, attn_mask: Any, causal: Any, scale: Any, window: Any,
+    kv_lengths: Any, return_lse: bool, out: Any,
+) -> Tuple[Any, Any, str]:
     """scaled_dot_product_attention on the CUDA backend: GPU arrays zero-copy, NumPy arrays (and
     anything np.asarray takes) through device 0. Returns (result, lse or None, kernel name)."""
     if any(is_gpu(a) for a in (query, key, value)):
@@ -324,7 +332,7 @@ def sdpa(module, query, key, value, attn_mask, causal, scale, window, kv_lengths
                       return_lse, out)
 
 
-def _operands(query, key, value):
+def _operands(query: Any, key: Any, value: Any) -> Tuple[List[GpuArray], List[Any], str, str, int, int]:
     """The three operands as GpuArrays of one storage dtype on one device, with the caller's
     library and stream. Mixed dtypes are converted on the device by the caller's library."""
     originals = [query, key, value]
@@ -361,8 +369,10 @@ def _operands(query, key, value):
     return arrays, originals, dtype, library, device, stream
 
 
-def _sdpa_gpu(module, query, key, value, attn_mask, causal, scale, window, kv_lengths,
-              return_lse, out):
+def _sdpa_gpu(
+    module: Any, query: Any, key: Any, value: Any, attn_mask: Any, causal: Any, scale: Any, window: Any,
+    kv_lengths: Any, return_lse: bool, out: Any,
+) -> Tuple[Any, Any, str]:
     arrays, originals, dtype, library, device, stream = _operands(query, key, value)
     two_d, batch, hq, lq, lk, d, dv = _sdpa_args.check_shapes(*arrays)
     nb = len(batch)
@@ -377,7 +387,7 @@ def _sdpa_gpu(module, query, key, value, attn_mask, causal, scale, window, kv_le
     q, k, v = arrays
     hkv = k.shape[-3] if k.ndim > 2 else 1
 
-    keep: list = []  # device arrays made here, alive until the launch is queued
+    keep: List[Any] = []  # device arrays made here, alive until the launch is queued
     mask_desc = None
     if attn_mask is not None:
         mask_desc = _mask_gpu(attn_mask, batch + (hq, lq, lk), library, device, stream, query, keep)
@@ -409,7 +419,7 @@ def _sdpa_gpu(module, query, key, value, attn_mask, causal, scale, window, kv_le
     for a in (q, k, v):
         shape, strides = _kernel_form(a, ndim)
         descs.append((a.ptr, _batch_strides(shape, strides, nb), strides[-3], strides[-2]))
-    kernel = module.sdpa(
+    kernel: str = module.sdpa(
         _CODES[dtype], list(batch), hq, hkv, lq, lk, d, dv, descs[0], descs[1], descs[2],
         gpu_array(result, stream).ptr, gpu_array(lse, stream).ptr if lse is not None else 0,
         mask_desc, len_desc, scale_value, diag, left, right, dtype == "float32" and _tf32,
@@ -421,7 +431,7 @@ def _sdpa_gpu(module, query, key, value, attn_mask, causal, scale, window, kv_le
     return result, lse, kernel
 
 
-def _check_out(out, shape, dtype, inputs, stream) -> None:
+def _check_out(out: Any, shape: Tuple[int, ...], dtype: str, inputs: Sequence[GpuArray], stream: int) -> None:
     """out= on the GPU: exactly the result's shape and dtype, C-contiguous, not overlapping an input
     (the CPU path's rules)."""
     if not is_gpu(out):
@@ -441,7 +451,9 @@ def _check_out(out, shape, dtype, inputs, stream) -> None:
             raise ValueError("out overlaps an input; pass a separate array")
 
 
-def _mask_gpu(attn_mask, full, library, device, stream, like, keep) -> tuple:
+def _mask_gpu(
+    attn_mask: Any, full: Tuple[int, ...], library: str, device: int, stream: int, like: Any, keep: List[Any]
+) -> Tuple[Any, ...]:
     """The mask descriptor (type, ptr, batch strides, head, row, col strides): a GPU mask is read
     where it lies, in its own dtype (bool, or any float: added to the scores); a host mask is
     checked like the CPU path's and copied to the device."""
@@ -470,7 +482,7 @@ def _mask_gpu(attn_mask, full, library, device, stream, like, keep) -> tuple:
     return (_MASK_TYPES[m.dtype], m.ptr, list(strides[:nb]), strides[-3], strides[-2], strides[-1])
 
 
-def _gpu_to_host(module, g: GpuArray, stream: int) -> np.ndarray:
+def _gpu_to_host(module: Any, g: GpuArray, stream: int) -> np.ndarray:
     dtype = np.dtype(g.dtype) if g.dtype in ("int64", "int32") else None
     if dtype is None:
         raise TypeError(f"kv_lengths must be integers, got dtype {g.dtype}")
@@ -481,8 +493,10 @@ def _gpu_to_host(module, g: GpuArray, stream: int) -> np.ndarray:
     return host
 
 
-def _sdpa_host(module, query, key, value, attn_mask, causal, scale, window, kv_lengths,
-               return_lse, out):
+def _sdpa_host(
+    module: Any, query: Any, key: Any, value: Any, attn_mask: Any, causal: Any, scale: Any, window: Any,
+    kv_lengths: Any, return_lse: bool, out: Any,
+) -> Tuple[Any, Any, str]:
     """NumPy operands: the CPU path's checks and kernel form, then through device 0 and back."""
     args, result, lse_result = _sdpa_args.prepare(
         query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out
@@ -497,9 +511,9 @@ def _sdpa_host(module, query, key, value, attn_mask, causal, scale, window, kv_l
     if int(np.prod(batch, dtype=np.int64)) * hq * lq == 0:  # no output row: nothing to launch
         return result, lse_result, f"cuda/none/sdpa/{dtype}"
     device, stream = 0, 0
-    buffers = []
+    buffers: List[Any] = []
 
-    def upload(a: np.ndarray):
+    def upload(a: np.ndarray) -> Tuple[Any, Tuple[int, ...], List[int]]:
         a = np.ascontiguousarray(a)  # kernel form has size-1 broadcast dims: never a blow-up
         buf = module.DeviceBuffer(a.nbytes, device)
         buf.upload(a, stream)
@@ -523,7 +537,7 @@ def _sdpa_host(module, query, key, value, attn_mask, causal, scale, window, kv_l
         len_desc = (buf.ptr, _batch_strides(shape, strides, nb))
     out_buf = module.DeviceBuffer(kernel_out.nbytes, device)
     lse_buf = module.DeviceBuffer(lse.nbytes, device) if lse is not None else None
-    kernel = module.sdpa(
+    kernel: str = module.sdpa(
         code, list(batch), hq, kn.shape[-3], lq, lk, d, dv, descs[0], descs[1], descs[2],
         out_buf.ptr, lse_buf.ptr if lse_buf is not None else 0, mask_desc, len_desc, scale_value,
         diag, left, right, dtype == "float32" and _tf32, device, stream,
@@ -534,8 +548,12 @@ def _sdpa_host(module, query, key, value, attn_mask, causal, scale, window, kv_l
     return result, lse_result, kernel
 
 
-def run_sdpa(query, key, value, attn_mask, causal, scale, window, kv_lengths, return_lse, out):
-    """The public function's CUDA branch: runs the call and records the kernel that served it."""
+def run_sdpa(
+    query: Any, key: Any, value: Any, attn_mask: Any, causal: Any, scale: Any, window: Any, kv_lengths: Any,
+    return_lse: bool, out: Any,
+) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+    """The public function's CUDA branch: runs the call and records the kernel that served it.
+    (GPU inputs give arrays of the caller's library, typed as the public signature's.)"""
     from . import _backend
 
     module, _ = _backend._cuda_module()

@@ -14,7 +14,7 @@ accept and refuse exactly the same calls with the same messages:
 
 from __future__ import annotations
 
-from typing import List
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from . import _cuda_arrays as ca
 from . import _sdpa_args, _vector_args
 
 
-def _shadow(g: ca.GpuArray, dtype) -> np.ndarray:
+def _shadow(g: ca.GpuArray, dtype: Any) -> np.ndarray:
     """A host array with g's shape and `dtype` that owns one row of zeros: prepare() can check its
     shape and take it as contiguous in its last dim without copying anything of size."""
     dtype = np.dtype(dtype)
@@ -34,9 +34,9 @@ def _shadow(g: ca.GpuArray, dtype) -> np.ndarray:
     )
 
 
-def _row_bytes_check(module, c: int, groups: int, hidden: int, f64: bool) -> None:
+def _row_bytes_check(module: Any, c: int, groups: int, hidden: int, f64: bool) -> None:
     need = (2 * c + hidden + 5 * groups) * (8 if f64 else 4)
-    limit = module.vector_max_row_bytes()
+    limit: int = module.vector_max_row_bytes()
     if need > limit:
         raise ValueError(
             f"the CUDA vector-attention kernel holds 2C + Hd + 5G values per query in shared "
@@ -45,18 +45,24 @@ def _row_bytes_check(module, c: int, groups: int, hidden: int, f64: bool) -> Non
         )
 
 
-def _batch_strides(shape, strides, nb) -> List[int]:
+def _batch_strides(shape: Sequence[int], strides: Sequence[int], nb: int) -> List[int]:
     return [0 if n == 1 else s for n, s in zip(shape[:nb], strides[:nb])]
 
 
-def _desc(ptr, shape, strides, nb, a, b):
+Desc = Tuple[int, List[int], int, int]
+
+
+def _desc(ptr: int, shape: Sequence[int], strides: Sequence[int], nb: int, a: Optional[int], b: int) -> Desc:
     """(ptr, batch strides, stride of dim a, stride of dim b) of a kernel-form operand."""
     return (ptr, _batch_strides(shape, strides, nb), strides[a] if a is not None else 0, strides[b])
 
 
-def run(query, key, value, index, pos, relation, weight_mlp, groups, sharing, attn_mask,
-        return_weights):
-    """The public function's CUDA branch."""
+def run(
+    query: Any, key: Any, value: Any, index: Any, pos: Any, relation: Any, weight_mlp: Any, groups: Any,
+    sharing: Any, attn_mask: Any, return_weights: bool,
+) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+    """The public function's CUDA branch. (GPU inputs give arrays of the caller's library, typed as
+    the public signature's.)"""
     from . import _backend
 
     module, _ = _backend._cuda_module()
@@ -67,11 +73,13 @@ def run(query, key, value, index, pos, relation, weight_mlp, groups, sharing, at
         results, kernel = _run_host(module, query, key, value, index, pos, relation, weight_mlp,
                                     groups, sharing, attn_mask, return_weights)
     _backend.record_kernel(kernel)
-    return tuple(results) if return_weights else results[0]
+    return (results[0], results[1]) if return_weights else results[0]
 
 
-def _run_host(module, query, key, value, index, pos, relation, weight_mlp, groups, sharing,
-              attn_mask, return_weights):
+def _run_host(
+    module: Any, query: Any, key: Any, value: Any, index: Any, pos: Any, relation: Any, weight_mlp: Any,
+    groups: Any, sharing: Any, attn_mask: Any, return_weights: bool,
+) -> Tuple[List[Any], str]:
     call = _vector_args.prepare(query, key, value, index, pos, relation, weight_mlp, groups,
                                 sharing, attn_mask)
     cdt = call.q.dtype
@@ -82,14 +90,14 @@ def _run_host(module, query, key, value, index, pos, relation, weight_mlp, group
     hidden = 0 if call.mlp is None else call.mlp[0].shape[0]
     _row_bytes_check(module, c, g, hidden, f64)
     device, stream = 0, 0
-    keep = []
+    keep: List[Any] = []
 
-    def upload(a: np.ndarray):
+    def upload(a: np.ndarray) -> Tuple[int, Tuple[int, ...], List[int]]:
         a = np.ascontiguousarray(a)  # kernel form: broadcast dims are size 1, never a blow-up
         buf = module.DeviceBuffer(a.nbytes, device)
         buf.upload(a, stream)
         keep.append(buf)
-        return buf.ptr, a.shape, [s // a.itemsize for s in a.strides]
+        return int(buf.ptr), a.shape, [s // a.itemsize for s in a.strides]
 
     descs = []
     for a in (call.q, call.k, call.v):
@@ -111,25 +119,27 @@ def _run_host(module, query, key, value, index, pos, relation, weight_mlp, group
     out = np.empty(call.out_shape, cdt)
     out_buf = module.DeviceBuffer(out.nbytes, device)
     weights = np.empty(call.weights_shape, cdt) if return_weights else None
-    w_buf = module.DeviceBuffer(weights.nbytes, device) if return_weights else None
-    kernel = module.vector_attention(
+    w_buf = module.DeviceBuffer(weights.nbytes, device) if weights is not None else None
+    kernel: str = module.vector_attention(
         f64, list(call.out_shape[:-2]), lq, lk, c, g, hidden, call.k.shape[-2], *descs,
         index_ptr, pos_desc, mask_desc, call.relation, call.sharing, mlp_desc, out_buf.ptr,
         w_buf.ptr if w_buf is not None else 0, device, stream,
     )
     out_buf.download(out, stream)
     results = [out]
-    if w_buf is not None:
+    if w_buf is not None and weights is not None:
         w_buf.download(weights, stream)
         results.append(weights)
     results = [r if r.dtype == call.dtype else r.astype(call.dtype) for r in results]
     return results, kernel
 
 
-def _run_gpu(module, query, key, value, index, pos, relation, weight_mlp, groups, sharing,
-             attn_mask, return_weights):
+def _run_gpu(
+    module: Any, query: Any, key: Any, value: Any, index: Any, pos: Any, relation: Any, weight_mlp: Any,
+    groups: Any, sharing: Any, attn_mask: Any, return_weights: bool,
+) -> Tuple[List[Any], str]:
     arrays, originals, dtype, library, device, stream = ca._operands(query, key, value)
-    extra = {}
+    extra: Dict[str, Any] = {}
     if pos is not None:
         extra["pos"] = pos
     if weight_mlp is not None:
@@ -149,7 +159,7 @@ def _run_gpu(module, query, key, value, index, pos, relation, weight_mlp, groups
     out_dtype = ca._promote(names)
     compute = "float64" if out_dtype == "float64" else "float32"
     # Everything in the compute dtype and contiguous rows, converted on the device.
-    conv = {}
+    conv: Dict[str, Tuple[Any, ca.GpuArray]] = {}
     for n, x in list(zip(("q", "k", "v"), originals)) + list(extra.items()):
         g = ca.gpu_array(x, stream)
         if g.dtype != compute:
@@ -191,12 +201,12 @@ def _run_gpu(module, query, key, value, index, pos, relation, weight_mlp, groups
                                 mlp_sh, groups, sharing, sh.get("mask"))
     nb = len(call.out_shape) - 2
     lq, c = call.out_shape[-2:]
-    lk, g = call.weights_shape[-2:]
+    lk, ngroups = call.weights_shape[-2:]
     hidden = 0 if call.mlp is None else call.mlp[0].shape[0]
     f64 = compute == "float64"
-    _row_bytes_check(module, c, g, hidden, f64)
+    _row_bytes_check(module, c, ngroups, hidden, f64)
 
-    def kernel_form(garr: ca.GpuArray, ndim: int):
+    def kernel_form(garr: ca.GpuArray, ndim: int) -> Tuple[Tuple[int, ...], List[int]]:
         pad = ndim - garr.ndim
         shape, strides = (1,) * pad + garr.shape, (0,) * pad + garr.strides
         return shape, [0 if n == 1 else s for n, s in zip(shape, strides)]
@@ -230,8 +240,8 @@ def _run_gpu(module, query, key, value, index, pos, relation, weight_mlp, groups
         mlp_desc = tuple(conv[n][1].ptr for n in ("w1", "b1", "w2", "b2"))
     out = ca._empty(library, call.out_shape, compute, device, query)
     weights = ca._empty(library, call.weights_shape, compute, device, query) if return_weights else None
-    kernel = module.vector_attention(
-        f64, list(call.out_shape[:-2]), lq, lk, c, g, hidden, conv["k"][1].shape[-2], *descs,
+    kernel: str = module.vector_attention(
+        f64, list(call.out_shape[:-2]), lq, lk, c, ngroups, hidden, conv["k"][1].shape[-2], *descs,
         index_ptr, pos_desc, mask_desc, call.relation, call.sharing, mlp_desc,
         ca.gpu_array(out, stream).ptr, ca.gpu_array(weights, stream).ptr if weights is not None else 0,
         device, stream,

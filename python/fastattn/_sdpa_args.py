@@ -102,7 +102,7 @@ def _scale(scale: Any, d: int) -> float:
         raise TypeError(f"scale must be a real number, got {scale!r}") from None
 
 
-def mask_dtype_error(dtype) -> TypeError:
+def mask_dtype_error(dtype: Any) -> TypeError:
     return TypeError(
         f"attn_mask has dtype {dtype}; it must be bool (True = attend) or float (added to the scores)"
     )
@@ -166,7 +166,7 @@ def _out(
     return out
 
 
-def check_shapes(q, k, v) -> Tuple[bool, Tuple[int, ...], int, int, int, int, int]:
+def check_shapes(q: Any, k: Any, v: Any) -> Tuple[bool, Tuple[int, ...], int, int, int, int, int]:
     """(two_d, batch, hq, lq, lk, d, dv) of query, key and value, checked: anything with ``.ndim``
     and ``.shape`` (NumPy arrays, or the GPU operands' descriptions)."""
     for a, name in ((q, "query"), (k, "key"), (v, "value")):
@@ -197,7 +197,9 @@ def check_shapes(q, k, v) -> Tuple[bool, Tuple[int, ...], int, int, int, int, in
     return two_d, batch, hq, lq, lk, d, dv
 
 
-def check_options(causal, scale, window, lq, lk, d) -> Tuple[float, int, int, int]:
+def check_options(
+    causal: Any, scale: Any, window: Any, lq: int, lk: int, d: int
+) -> Tuple[float, int, int, int]:
     """(scale, diag, left, right) for the kernels, checked (-1 = unbounded)."""
     mode = _causal_mode(causal)
     left, right = _window(window)

@@ -8,7 +8,7 @@ contiguous, batch dims first with size 1 where broadcast). The kernels trust it.
 from __future__ import annotations
 
 import operator
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -23,7 +23,8 @@ class VectorCall(NamedTuple):
     q: np.ndarray  # (*batch, Lq, C) dense, (N, C) neighbour form; compute dtype
     k: np.ndarray  # (*batch, Lk, C) or (M, C)
     v: np.ndarray  # like k
-    index: Optional[np.ndarray]  # int64 C-contiguous (N, S), values in [-1, M)
+    # int64 C-contiguous (N, S), values in [-1, M). (The name shadows tuple.index, which no caller uses.)
+    index: Optional[np.ndarray]  # type: ignore[assignment]
     pos: Optional[np.ndarray]  # (*batch, Lq|1, Lk|1, C) or (N|1, S|1, C)
     mask: Optional[np.ndarray]  # bool or compute dtype, (*batch, Lq|1, Lk|1) or (N|1, S|1)
     mlp: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # C-contiguous
@@ -35,7 +36,7 @@ class VectorCall(NamedTuple):
     dtype: np.dtype  # of the results: the inputs' common float dtype
 
 
-def _name(value: Any, what: str, valid) -> int:
+def _name(value: Any, what: str, valid: Dict[str, int]) -> int:
     if not isinstance(value, str) or value not in valid:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
     return valid[value]
@@ -113,7 +114,18 @@ def _pos(pos: np.ndarray, full: Tuple[int, ...], cdt: np.dtype, form: str) -> np
     return _with_leading_ones(_as_operand(pos, cdt), len(full))
 
 
-def prepare(query, key, value, index, pos, relation, weight_mlp, groups, sharing, attn_mask) -> VectorCall:
+def prepare(
+    query: Any,
+    key: Any,
+    value: Any,
+    index: Any,
+    pos: Any,
+    relation: Any,
+    weight_mlp: Any,
+    groups: Any,
+    sharing: Any,
+    attn_mask: Any,
+) -> VectorCall:
     relation_code = _name(relation, "relation", RELATIONS)
     sharing_code = _name(sharing, "sharing", SHARINGS)
     q, k, v = np.asarray(query), np.asarray(key), np.asarray(value)
@@ -161,9 +173,11 @@ def prepare(query, key, value, index, pos, relation, weight_mlp, groups, sharing
     q, k, v = (_with_leading_ones(_as_operand(a, cdt), ndim) for a in (q, k, v))
     p = None if p is None else _pos(p, batch + (lq, lk, c), cdt, form)
     mask = None if attn_mask is None else mask_operand(attn_mask, cdt, batch + (lq, lk))
+    mlp4 = None
     if mlp is not None:
-        mlp = tuple(np.ascontiguousarray(a, dtype=cdt) for a in mlp)
-    return VectorCall(q, k, v, idx, p, mask, mlp, g, relation_code, sharing_code,
+        w1, b1, w2, b2 = (np.ascontiguousarray(a, dtype=cdt) for a in mlp)
+        mlp4 = (w1, b1, w2, b2)
+    return VectorCall(q, k, v, idx, p, mask, mlp4, g, relation_code, sharing_code,
                       batch + (lq, c), batch + (lq, lk, g), dtype)
 
 

@@ -56,7 +56,8 @@ def _dtype(code: str, path: str, name: str) -> np.dtype:
         except ImportError:
             raise TypeError(f"{path}: tensor {name!r} is BF16, which needs ml_dtypes "
                             "(pip install ml_dtypes)") from None
-        return np.dtype(ml_dtypes.bfloat16)
+        bf16: np.dtype = np.dtype(ml_dtypes.bfloat16)
+        return bf16
     if code not in _DTYPES:
         raise TypeError(f"{path}: tensor {name!r} has dtype {code}, which this reader does not know")
     return np.dtype(_DTYPES[code])

@@ -31,11 +31,11 @@ class KVCache:
 
     @property
     def batch_size(self) -> int:
-        return self.key.shape[0]
+        return int(self.key.shape[0])
 
     @property
     def max_length(self) -> int:
-        return self.key.shape[2]
+        return int(self.key.shape[2])
 
     def reset(self) -> None:
         """Forget every position (the buffers are kept)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, cast
 
 import numpy as np
 
@@ -35,7 +35,8 @@ def _project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray]) -> n
     y = rows @ weight.T  # BLAS reads the transposed weight in place
     if bias is not None:
         y += bias
-    return y.reshape(b, length, weight.shape[0])
+    out: np.ndarray = y.reshape(b, length, weight.shape[0])
+    return out
 
 
 class MultiHeadAttention:
@@ -73,8 +74,8 @@ class MultiHeadAttention:
       (the new queries are the last positions).
     - ``need_weights``: also return the attention weights, averaged over heads ``(B, Lq, Lk)``
       (``average_attn_weights=True``) or per head ``(B, num_heads, Lq, Lk)``. The fused kernel
-      never stores them; they are recomputed from its log-sum-exp as ``exp(scale * q.k + mask -
-      lse)``, exact, at the cost of one ``Lq x Lk`` matrix per head.
+      never stores them; they are recomputed as a softmax of ``scale * q.k + mask`` over the
+      visible keys, exact, at the cost of one ``Lq x Lk`` matrix per head.
     - ``cache``: a ``KVCache`` from ``new_cache``: the new keys and values are appended to it and
       the queries attend over every cached position, so feeding a sequence in pieces gives the
       outputs of feeding it whole. ``key_padding_mask`` then covers the new positions ``(B, T)``
@@ -117,6 +118,13 @@ class MultiHeadAttention:
 
         # Weights live in the compute dtype (rounded to the layer's dtype), as views of one block
         # where PyTorch packs them, so the self-attention projection is one GEMM.
+        # (Any: None where the layer has no packed weight or no biases, which the code checks.)
+        self._in_w: Any
+        self._in_b: Any
+        self._bq: Optional[np.ndarray]
+        self._bk: Optional[np.ndarray]
+        self._bv: Optional[np.ndarray]
+        self._bo: Optional[np.ndarray]
         if self.packed:
             self._in_w = xavier(e + 2 * kv, e)
             self._wq, self._wk, self._wv = self._in_w[:e], self._in_w[e:e + kv], self._in_w[e + kv:]
@@ -143,7 +151,7 @@ class MultiHeadAttention:
                 f"bias={self.bias}, dtype={self.dtype})")
 
     # ------------------------------------------------------------------ weights in PyTorch's names
-    def _named(self) -> dict:
+    def _named(self) -> Dict[str, Any]:
         """Name -> the array that holds it (in the compute dtype), in PyTorch's order."""
         named = {"in_proj_weight": self._in_w} if self.packed else {
             "q_proj_weight": self._wq, "k_proj_weight": self._wk, "v_proj_weight": self._wv}
@@ -154,7 +162,7 @@ class MultiHeadAttention:
             named["out_proj.bias"] = self._bo
         return named
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> Dict[str, np.ndarray]:
         """The weights as new NumPy arrays in the layer's dtype, under PyTorch's
         nn.MultiheadAttention names: ``in_proj_weight`` ``(E + 2 * KV, E)`` (or
         ``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight`` when kdim or vdim differ from E),
@@ -273,20 +281,24 @@ class MultiHeadAttention:
                 padding = None
         try:
             lengths, mask = _combine_masks(padding, attn_mask, self._cdt)
-            res = scaled_dot_product_attention(q, k, v, attn_mask=mask, causal=causal_mode,
+            res = scaled_dot_product_attention(q, k, v, attn_mask=mask, causal=cast(Any, causal_mode),
                                                kv_lengths=lengths, return_lse=need_weights)
         except BaseException:
             if cache is not None:
                 cache.length = start  # the new positions were not attended to: forget them
             raise
-        heads, lse = res if need_weights else (res, None)
+        lse: Optional[np.ndarray] = None
+        if need_weights:
+            heads, lse = cast(Tuple[np.ndarray, np.ndarray], res)
+        else:
+            heads = cast(np.ndarray, res)
 
         # (B, H, Lq, D) -> (B, Lq, E): one copy (the kernel writes heads apart), then out_proj.
         merged = heads.transpose(0, 2, 1, 3).reshape(b, lq, self.embed_dim)
         out = _project(merged, self._wo, self._bo)
         out = out if out.dtype == self.dtype else out.astype(self.dtype)
         weights = None
-        if need_weights:
+        if lse is not None:  # need_weights
             weights = _attention_weights(q, k, lse, mask, lengths, causal_mode, self._cdt)
             if average_attn_weights:
                 weights = weights.mean(axis=1)
@@ -297,7 +309,7 @@ class MultiHeadAttention:
         return out, weights
 
     def _project_heads(self, q_in: np.ndarray, k_in: np.ndarray, v_in: np.ndarray,
-                       self_attention: bool, kv_same: bool):
+                       self_attention: bool, kv_same: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Queries (B, H, Lq, D), keys and values (B, Hkv, Lk, D) in the layer's dtype: strided
         views of the projections (split_heads moves no data)."""
         e, kv = self.embed_dim, self.num_kv_heads * self.head_dim
@@ -350,8 +362,11 @@ def _combine_masks(padding: Optional[np.ndarray], attn_mask: Optional[np.ndarray
 def _attention_weights(q: np.ndarray, k: np.ndarray, lse: np.ndarray, mask: Optional[np.ndarray],
                        lengths: Optional[np.ndarray], causal_mode: Optional[str],
                        cdt: np.dtype) -> np.ndarray:
-    """Per-head softmax weights (B, H, Lq, Lk) = exp(scale * q.k + mask - lse), zero where a key
-    is not visible, from the kernel's lse: the same normalisation as the output it computed."""
+    """Per-head softmax weights (B, H, Lq, Lk) of scale * q.k + mask over the visible keys, zero
+    where a key is not visible (-inf in a float mask included: a NaN or Inf key there stays out).
+    A softmax of its own (max-subtracted), not exp(s - lse) with the kernel's lse: at huge scores
+    the two computations of s round apart by more than 1, and exp(s - lse) then overflows or
+    vanishes. lse still says which rows see no key (-inf: zeros) or read a NaN query (NaN)."""
     b, h, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     group = h // hkv
@@ -359,17 +374,23 @@ def _attention_weights(q: np.ndarray, k: np.ndarray, lse: np.ndarray, mask: Opti
     kt = k.astype(cdt, copy=False)[:, :, None].swapaxes(-1, -2)
     s = np.matmul(qg, kt).reshape(b, h, lq, lk)
     s *= 1.0 / math.sqrt(d) if d else 1.0
-    visible = np.isfinite(lse)[..., None]  # rows that see no key get zeros
+    # rows that see no key (lse -inf) get zeros; a NaN lse (a NaN query) stays NaN
+    visible = (lse != -np.inf)[..., None]
     if mask is not None:
         if mask.dtype == np.bool_:
             visible = visible & mask
         else:
+            visible = visible & (mask != -np.inf)
             s += mask
     if causal_mode is not None:
         visible = visible & causal_mask(lq, lk, causal_mode)
     if lengths is not None:
         visible = visible & (np.arange(lk) < lengths[:, None, None, None])
+    visible = np.broadcast_to(visible, s.shape)
     with np.errstate(invalid="ignore", over="ignore"):
-        s -= lse[..., None]
+        s[~visible] = -np.inf
+        top = s.max(axis=-1, keepdims=True)
+        s -= np.where(top == -np.inf, 0, top)  # a row with no visible key stays -inf (weights 0)
         np.exp(s, out=s)
+        s /= np.where(visible.any(axis=-1, keepdims=True), s.sum(axis=-1, keepdims=True), 1)
     return np.where(visible, s, 0).astype(cdt, copy=False)

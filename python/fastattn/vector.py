@@ -3,28 +3,57 @@ neighbour search that builds its neighbourhoods."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _backend, _cpu, _cuda_vector, _vector_args
 
+# Option types of the public signature (what mypy checks a caller against; _vector_args still
+# rejects bad values at run time with ValueError / TypeError).
+Relation = Literal["subtract", "add", "multiply"]
+Sharing = Literal["blocked", "strided"]
+Backend = Literal["auto", "cpu", "cuda"]
+WeightMlp = Optional[Sequence[ArrayLike]]  # (W1, b1, W2, b2)
 
+
+@overload
 def vector_attention(
-    query: Any,
-    key: Any,
-    value: Any,
+    query: ArrayLike, key: ArrayLike, value: ArrayLike, *, index: Optional[ArrayLike] = ...,
+    pos: Optional[ArrayLike] = ..., relation: Relation = ..., weight_mlp: WeightMlp = ...,
+    groups: Optional[int] = ..., sharing: Sharing = ..., attn_mask: Optional[ArrayLike] = ...,
+    return_weights: Literal[False] = ..., backend: Backend = ...,
+) -> np.ndarray: ...
+@overload
+def vector_attention(
+    query: ArrayLike, key: ArrayLike, value: ArrayLike, *, index: Optional[ArrayLike] = ...,
+    pos: Optional[ArrayLike] = ..., relation: Relation = ..., weight_mlp: WeightMlp = ...,
+    groups: Optional[int] = ..., sharing: Sharing = ..., attn_mask: Optional[ArrayLike] = ...,
+    return_weights: Literal[True], backend: Backend = ...,
+) -> Tuple[np.ndarray, np.ndarray]: ...
+@overload
+def vector_attention(
+    query: ArrayLike, key: ArrayLike, value: ArrayLike, *, index: Optional[ArrayLike] = ...,
+    pos: Optional[ArrayLike] = ..., relation: Relation = ..., weight_mlp: WeightMlp = ...,
+    groups: Optional[int] = ..., sharing: Sharing = ..., attn_mask: Optional[ArrayLike] = ...,
+    return_weights: bool = ..., backend: Backend = ...,
+) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]: ...
+def vector_attention(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
     *,
-    index: Any = None,
-    pos: Any = None,
-    relation: str = "subtract",
-    weight_mlp: Any = None,
-    groups: Any = None,
-    sharing: str = "blocked",
-    attn_mask: Any = None,
+    index: Optional[ArrayLike] = None,
+    pos: Optional[ArrayLike] = None,
+    relation: Relation = "subtract",
+    weight_mlp: WeightMlp = None,
+    groups: Optional[int] = None,
+    sharing: Sharing = "blocked",
+    attn_mask: Optional[ArrayLike] = None,
     return_weights: bool = False,
-    backend: str = "auto",
-):
+    backend: Backend = "auto",
+) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Vector attention: every (query, key) pair gets a vector of G weights, softmax-normalised over
     the keys independently per group, fused in one kernel (no (N, S, C) temporary).
 
@@ -66,10 +95,10 @@ def vector_attention(
     )
     results = [out] if weights is None else [out, weights]
     results = [r if r.dtype == call.dtype else r.astype(call.dtype) for r in results]
-    return tuple(results) if return_weights else results[0]
+    return (results[0], results[1]) if return_weights else results[0]
 
 
-def knn(points: Any, k: Any, *, queries: Any = None) -> np.ndarray:
+def knn(points: ArrayLike, k: int, *, queries: Optional[ArrayLike] = None) -> np.ndarray:
     """Exact k nearest neighbours by Euclidean distance, from a k-d tree, threaded over queries.
 
     points ``(N, D)``; queries ``(Nq, D)`` (default: the points themselves, so each point's own
