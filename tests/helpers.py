@@ -173,6 +173,22 @@ def rel_err(out, ref, rows):
 TOL_HALF = {"float16": 2e-3, "bfloat16": 1.6e-2}
 
 
+def score_max(query, key, value, *, attn_mask=None, causal=False, scale=None, window=None,
+              kv_lengths=None):
+    """S of README's accuracy table: the largest |score| (scaled, plus any additive mask) of a
+    visible pair, in float64."""
+    q, k, _, visible, additive, _ = prepare(query, key, value, attn_mask=attn_mask, causal=causal,
+                                            window=window, kv_lengths=kv_lengths)
+    if scale is None:
+        scale = 1.0 / np.sqrt(q.shape[-1])
+    s = (q.astype(np.float64) @ np.swapaxes(k.astype(np.float64), -1, -2)) * scale
+    if additive is not None:
+        s = s + np.where(visible, additive, 0.0)
+    with np.errstate(invalid="ignore"):
+        s = np.abs(np.where(visible, s, 0.0))
+    return float(np.max(s[np.isfinite(s)], initial=0.0))
+
+
 def check_sdpa(query, key, value, *, check_lse=True, yardstick=True, **kw):
     """Run fastattn on the inputs and compare with the float64 reference.
 
@@ -225,6 +241,10 @@ def check_sdpa(query, key, value, *, check_lse=True, yardstick=True, **kw):
         assert err <= tol, f"{name} relative error {err:.3g} > {tol:.3g}"
         lse_tol = 1e-5
     if check_lse and rows.any():
+        if out_dt != F64:
+            # lse is float32 here, and README's accuracy bound for it is 1e-6 (1 + S): a score
+            # that cancels (terms of 100 summing to 0.5) keeps float32's error of the terms.
+            lse_tol = max(lse_tol, 1e-6 * (1.0 + score_max(query, key, value, **kw)))
         lerr = np.abs(lse64[rows] - ref_lse[rows]) / np.maximum(1.0, np.abs(ref_lse[rows]))
         assert np.max(lerr) <= lse_tol, f"lse error {np.max(lerr):.3g} > {lse_tol:.3g}"
     return out, lse, ref_out, ref_lse
