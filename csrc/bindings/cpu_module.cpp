@@ -623,15 +623,15 @@ py::str linear(py::handle x_handle, py::handle w_handle, py::handle b_handle, py
                  (p.f64 ? "float64" : "float32"));
 }
 
-// fastattn.layer_norm on normalised operands: x (rows, d) with a contiguous last dim, float32 or
+// Row normalisation (fastattn.layer_norm, or unit length) on normalised operands: x (rows, d) with a contiguous last dim, float32 or
 // float64; weight and bias None or contiguous (d,) of x's dtype; out C-contiguous (rows, d).
-py::str layer_norm(py::handle x_handle, py::handle weight, py::handle bias, py::handle out_handle,
-                   double eps) {
+py::str normalize_rows(py::handle x_handle, py::handle weight, py::handle bias,
+                       py::handle out_handle, double eps, bool unit_length) {
   const py::array x = as_array(x_handle, "x");
   py::array out = as_array(out_handle, "out");
   const int64_t itemsize = x.itemsize();
   if ((itemsize != 4 && itemsize != 8) || x.dtype().kind() != 'f' || out.dtype().kind() != 'f')
-    internal_error("layer_norm computes in float32 or float64");
+    internal_error("row normalisation computes in float32 or float64");
   check_operand(x, "x", 2, itemsize);
   check_operand(out, "out", 2, itemsize);
   if (!(out.flags() & py::array::c_style) || out.shape(0) != x.shape(0) ||
@@ -645,6 +645,7 @@ py::str layer_norm(py::handle x_handle, py::handle weight, py::handle bias, py::
   p.x_row_stride = p.rows > 1 ? elem_stride(x, 0, itemsize) : 0;
   p.out = out.mutable_data();
   p.eps = eps;
+  p.unit_length = unit_length;
   py::array weight_array, bias_array;
   for (auto [h, a, ptr] : {std::tuple<py::handle, py::array*, const void**>{weight, &weight_array, &p.weight},
                            {bias, &bias_array, &p.bias}}) {
@@ -662,8 +663,17 @@ py::str layer_norm(py::handle x_handle, py::handle weight, py::handle bias, py::
     py::gil_scoped_release release;
     kernel(p);
   }
-  return py::str(std::string("cpu/") + fastattn::cpu::isa_name(isa) + "/layer_norm/" +
+  return py::str(std::string("cpu/") + fastattn::cpu::isa_name(isa) + (unit_length ? "/unit_rows/" : "/layer_norm/") +
                  (p.f64 ? "float64" : "float32"));
+}
+
+py::str layer_norm(py::handle x, py::handle weight, py::handle bias, py::handle out, double eps) {
+  return normalize_rows(x, weight, bias, out, eps, false);
+}
+
+// x / |x| per row (0 for a zero row), for cosine scores; operands as for layer_norm.
+py::str unit_rows(py::handle x, py::handle out) {
+  return normalize_rows(x, py::none(), py::none(), out, 0.0, true);
 }
 
 std::vector<std::string> names(const std::vector<fastattn::cpu::Isa>& isas) {
@@ -706,6 +716,9 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("out"), py::arg("eps"),
         "Layer normalisation of the rows of x on normalised operands; returns the kernel's name. "
         "Private: call fastattn.layer_norm.");
+  m.def("unit_rows", &unit_rows, py::arg("x"), py::arg("out"),
+        "x / |x| for each row of x (0 for a zero row) on normalised operands; returns the kernel's "
+        "name. Private: the cosine score of fastattn.attention.");
   m.def("isa", [] { return std::string(fastattn::cpu::isa_name(fastattn::cpu::chosen_isa())); },
         "The ISA the kernels run on; RuntimeError if FASTATTN_CPU_ISA forces one this CPU lacks.");
   m.def("compiled_isas", [] { return names(fastattn::cpu::compiled_isas()); });

@@ -1,4 +1,5 @@
-// Layer normalisation over the last axis (fastattn.layer_norm) for one ISA, written against the
+// Row normalisation over the last axis for one ISA: layer norm (fastattn.layer_norm) and unit
+// length (x / |x|, the rows of fastattn.attention's cosine scores), written against the
 // SIMD wrapper of the translation unit that includes it. Included after sdpa_kernel.h in the same
 // per-ISA namespace: it reuses its helpers and its OpenMP work loop (for_each_unit).
 //
@@ -6,10 +7,13 @@
 // deviations (two passes, not E[x^2] - mean^2, which cancels badly when |mean| >> std), and then
 // written as (x - mean) * rstd * weight + bias. Rows are independent: blocks of rows are the
 // work units, in parallel when the whole call is large enough to pay for waking the threads.
+// Unit length is one pass for the squared norm and one to scale: in C++ rather than NumPy because
+// NumPy's three passes with temporaries cost cosine scores 15% of the attention itself.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "fastattn/layer_norm_params.h"
 
@@ -69,7 +73,37 @@ struct LayerNormRows {
     return T(1) / (amax * std::sqrt(s / T(n) + eps / amax / amax));
   }
 
+  // x / |x|, 0 for a zero row. Squares below about FLT_MIN / FLT_EPSILON lose digits to
+  // denormals (|x| ~ 1e-16 in float32) and past the range they overflow: such rows are divided by
+  // their largest element first (rare, scalar code; 1 / |x| itself may overflow there). Inf or NaN
+  // keep the plain answer (x / Inf or NaN).
+  void run_unit_row(int64_t r) const {
+    const int64_t d = p.d;
+    const T* x = static_cast<const T*>(p.x) + r * p.x_row_stride;
+    T* out = static_cast<T*>(p.out) + r * d;
+    const T sum_sq = row_sum_sq_dev(x, d, T(0));
+    const T tiny = std::numeric_limits<T>::min() / std::numeric_limits<T>::epsilon();
+    T amax = T(0);
+    if (!(sum_sq >= tiny && !std::isinf(sum_sq)))
+      for (int64_t i = 0; i < d; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+    if (amax > T(0) && std::isfinite(amax) && !std::isnan(sum_sq)) {
+      T s = T(0);
+      for (int64_t i = 0; i < d; ++i) s += (x[i] / amax) * (x[i] / amax);
+      const T norm = std::sqrt(s);  // of x / amax: in [1, sqrt(d)]
+      for (int64_t i = 0; i < d; ++i) out[i] = x[i] / amax / norm;
+      return;
+    }
+    // Divided, not multiplied by 1 / |x|: one rounding, so x / |x| is exactly +-1 for d = 1 and
+    // equal directions give equal rows (exact ties stay ties for align="hard"). A zero row: 0 / 1.
+    const T norm = sum_sq == T(0) ? T(1) : std::sqrt(sum_sq);
+    const V vn = V::set1(norm);
+    int64_t i = 0;
+    for (; i + W <= d; i += W) (V::load(x + i) / vn).store(out + i);
+    for (; i < d; ++i) out[i] = x[i] / norm;
+  }
+
   void run_row(int64_t r) const {
+    if (p.unit_length) return run_unit_row(r);
     const int64_t d = p.d;
     const T* x = static_cast<const T*>(p.x) + r * p.x_row_stride;
     T* out = static_cast<T*>(p.out) + r * d;
@@ -109,7 +143,9 @@ static void layer_norm_typed(const LayerNormParams& p) {
   const int64_t units = (p.rows + rows_per_unit - 1) / rows_per_unit;
   // Threads only for about a millisecond of work or more: below that, waking them saves less than
   // it risks (a thread that is descheduled on a busy machine holds the others at the barrier).
-  const bool parallel = p.num_threads > 1 && p.rows * p.d >= (int64_t(1) << 20);
+  // Unit length runs right before the attention kernel, whose threads are then awake anyway.
+  const int64_t min_parallel = p.unit_length ? int64_t(1) << 16 : int64_t(1) << 20;
+  const bool parallel = p.num_threads > 1 && p.rows * p.d >= min_parallel;
   for_each_unit(units, parallel, p.num_threads, 64, [&](int64_t unit, void*) {
     const int64_t end = min64(p.rows, (unit + 1) * rows_per_unit);
     for (int64_t r = unit * rows_per_unit; r < end; ++r) rows.run_row(r);

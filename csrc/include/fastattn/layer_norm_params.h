@@ -1,5 +1,6 @@
-// The boundary between the bindings and the layer-norm kernels (fastattn.layer_norm): plain
-// pointers, sizes and strides. The Python layer has flattened the leading dims into rows and
+// The boundary between the bindings and the row-normalisation kernels: layer norm
+// (fastattn.layer_norm) and unit length (the rows of cosine scores): plain pointers, sizes and
+// strides. The Python layer has flattened the leading dims into rows and
 // widened float16/bfloat16 to float32, so the kernels see float32 or float64 only.
 #pragma once
 
@@ -17,6 +18,9 @@ struct LayerNormParams {
   const void* bias = nullptr;    // (d,) contiguous, or null (0)
   void* out = nullptr;           // C-contiguous (rows, d), not overlapping x
   double eps = 1e-5;
+  // x / |x| instead (cosine scores): no centring, no eps, weight and bias null; a zero row stays
+  // 0, and rows whose squared norm under- or overflows are scaled by their largest element first.
+  bool unit_length = false;
   int num_threads = 1;
 };
 
