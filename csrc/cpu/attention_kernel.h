@@ -257,13 +257,9 @@ struct AttentionPlan {
     for (int64_t i = 0; i < p.dv * NR; ++i) ot[i] = T(0);
     for (int64_t j0 = 0; j0 < p.lk; j0 += BN) {
       const int64_t n = min64(BN, p.lk - j0);
-      V check = V::zero();
-      for (int64_t j = 0; j < n; ++j) {
-        vrows[j] = v + (j0 + j) * p.v_row_stride;
-        for (int64_t y = 0; y < p.dv; ++y) check = fma(V::set1(vrows[j][y]), V::zero(), check);
-      }
+      for (int64_t j = 0; j < n; ++j) vrows[j] = v + (j0 + j) * p.v_row_stride;
       for (int64_t j = n; j < BN; ++j) vrows[j] = zero_row;
-      const bool v_finite = check.reduce_add() == T(0);
+      const bool v_finite = rows_finite<V>(vrows, n, p.dv);
       for (int64_t y0 = 0; y0 < p.dv; y0 += R) {
         const int r = int(min64(R, p.dv - y0));
         if (v_finite)

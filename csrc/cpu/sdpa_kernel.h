@@ -70,6 +70,29 @@ static inline void widen_row(const E* src, typename V::T* dst, int64_t n) {
   for (; x < n; ++x) dst[x] = to_compute(src[x]);
 }
 
+// Whether rows[0..n) of dv values are all finite: x * 0 is 0 for a finite x and NaN otherwise.
+// Four independent sums of vector loads: one chain of FMAs (or broadcasts) ran at its latency and
+// cost more than the P V product it guards.
+template <class V>
+static inline bool rows_finite(const typename V::T* const* rows, int64_t n, int64_t dv) {
+  constexpr int64_t W = V::W;
+  const V zero = V::zero();
+  V c0 = zero, c1 = zero, c2 = zero, c3 = zero;
+  for (int64_t j = 0; j < n; ++j) {
+    const typename V::T* row = rows[j];
+    int64_t y = 0;
+    for (; y + 4 * W <= dv; y += 4 * W) {
+      c0 = fma(V::load(row + y), zero, c0);
+      c1 = fma(V::load(row + y + W), zero, c1);
+      c2 = fma(V::load(row + y + 2 * W), zero, c2);
+      c3 = fma(V::load(row + y + 3 * W), zero, c3);
+    }
+    for (; y + W <= dv; y += W) c0 = fma(V::load(row + y), zero, c0);
+    for (; y < dv; ++y) c1 = fma(V::set1(row[y]), zero, c1);
+  }
+  return ((c0 + c1) + (c2 + c3)).reduce_add() == typename V::T(0);
+}
+
 // S^T[R x NV*W] = K[R rows, each its own pointer][d] . Q^T[d x NV*W].
 // The dot products are summed in chunks of kDotChunk terms, each chunk from zero, then the chunks:
 // for long head dims that keeps the rounding error near that of a k-blocked GEMM.
@@ -313,13 +336,7 @@ struct SdpaPlan {
       }
     }
     for (int64_t j = n; j < n_pad; ++j) it.krows[j] = it.vrows[j] = it.zero_row;
-    V check = V::zero();
-    for (int64_t j = 0; j < n; ++j) {
-      int64_t y = 0;
-      for (; y + W <= dv; y += W) check = fma(V::load(it.vrows[j] + y), V::zero(), check);
-      for (; y < dv; ++y) check = fma(V::set1(it.vrows[j][y]), V::zero(), check);
-    }
-    return check.reduce_add() == T(0);
+    return rows_finite<V>(it.vrows, n, dv);
   }
 
   // Whether the band (causal, window) hides some key j0 .. j0+n-1 from some query of the item.
