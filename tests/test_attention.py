@@ -644,6 +644,44 @@ def test_activation_wide_range(rng, act, align, dtype):
         check_attention(q, k, v, score="additive", align=align, params=params)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("d", [1, 64])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 20.0, 60.0])
+@pytest.mark.parametrize("act", ["tanh", "sigmoid"])
+def test_additive_score_accuracy(rng, act, scale, d, dtype):
+    """Additive tanh / sigmoid scores s = sum_a w[a] act(q[a] + k[a]) within 1e-6 * sum|w| of the
+    exact sum in float32 (the product form's terms are within 4e-7 each; summing adds the rest),
+    1e-14 in float64, one term (d = 1) and many. Pre-activations run from near 0 to the edge of
+    the product form's range (scale 20, clipped to +-39.5: q = -k large, where e^2q e^2k must be
+    accurate) and past it, where act is evaluated per term: in every block at scale 60, and below
+    that in the first query block (one query element of 45) and all of batch 1 (one key element of
+    -50). The projections are identities, so the kernel sees q and k exactly; the scores come back
+    through align="sigmoid" as logits of weights in [0.2, 0.8], which their own rounding moves by
+    < 2e-7."""
+    dt = np.dtype(dtype)
+    lq, lk = (700, 1001) if d == 1 else (70, 101)  # d = 1: many pairs q = -k at scale 20
+    q = randn(rng, (2, lq, d), dt, scale)
+    k = randn(rng, (2, lk, d), dt, scale)
+    if scale == 20.0:
+        q, k = np.clip(q, -39.5, 39.5), np.clip(k, -39.5, 39.5)
+    w = np.sign(randn(rng, (1,), dt)) if d == 1 else randn(rng, (d,), dt, 0.5 / math.sqrt(d))
+    q[0, 3, -1], k[1, 7, 0] = 45, -50
+    eye = np.eye(d, dtype=dt)
+    params = {"W_q": eye, "W_k": eye, "w": w, "act": act}
+    _, weights = attention(q, k, k, score="additive", align="sigmoid", params=params, return_weights=True)
+    x = q.astype(np.float64)[:, :, None, :] + k.astype(np.float64)[:, None, :, :]
+    f = np.tanh(x) if act == "tanh" else 0.5 * (1 + np.tanh(x / 2))
+    exact = f @ w.astype(np.float64)
+    w64 = weights.astype(np.float64)
+    got = np.log(w64) - np.log1p(-w64)
+    read = (w64 > 0.2) & (w64 < 0.8)
+    assert read.mean() > 0.3
+    l1 = float(np.abs(w.astype(np.float64)).sum())
+    tol = 1e-6 * l1 + 4e-7 if dt == F32 else 1e-14 * l1 + 1e-15
+    err = np.abs(got - exact)[read]
+    assert err.max() <= tol, f"{act} at scale {scale}: score error {err.max():.3g} > {tol:.3g} (sum|w| = {l1:.3g})"
+
+
 # ----------------------------------------------------------------------------- shapes and defaults
 
 
