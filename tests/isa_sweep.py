@@ -96,7 +96,11 @@ def attention_main(isa, seed):
             n += 1
     from fastattn import _cpu
     for dt, tol in ((np.float32, 2e-6), (np.float64, 1e-13)):
-        for m, k, n_out in ((1, 1, 1), (7, 3, 9), (25, 17, 5), (65, 257, 33), (130, 64, 65)):
+        # few rows (m <= 8: W's rows split over the threads, 1-4 rows of x per pass, 2 or 4 W rows
+        # at a time plus leftovers) and blocked rows (m > 8), threaded from 4M multiply-adds
+        for m, k, n_out in ((1, 1, 1), (7, 3, 9), (25, 17, 5), (65, 257, 33), (130, 64, 65),
+                            (2, 8, 64), (3, 9, 67), (4, 16, 130), (5, 31, 7), (8, 1, 3), (9, 33, 20),
+                            (1, 4099, 1101), (6, 2053, 701)):
             x = rng.standard_normal((m, 2 * k + 1)).astype(dt)[:, :k]  # rows 2k + 1 apart
             w = rng.standard_normal((n_out, k)).astype(dt)
             b = rng.standard_normal(n_out).astype(dt)

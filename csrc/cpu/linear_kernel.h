@@ -55,14 +55,85 @@ struct LinearPlan {
   }
 };
 
+// Few rows of x (a decode step's projections): the blocked path would pad x to NR rows and run
+// on one thread, so instead W's rows are split across the threads and each W row, streamed once,
+// is dotted with kGroup rows of x at a time (held in cache): the weights' memory stream is the
+// cost, and it runs on this library's OpenMP pool, not on OpenBLAS's threads, which spin after a
+// call and slowed the attention kernel that follows by 4-9 ms (bench/RESULTS.md).
+template <class T>
+struct FewRowsLinear {
+  using V = typename VecOf<T>::type;
+  static constexpr int W = V::W;
+  static constexpr int kGroup = 4;       // rows of x per pass over a W row
+  static constexpr int64_t kUnit = 64;   // W rows per work unit
+
+  const LinearParams& p;
+
+  int64_t units() const { return (p.n + kUnit - 1) / kUnit; }
+
+  void run_unit(int64_t unit) const {
+    const int64_t j0 = unit * kUnit, j1 = min64(p.n, j0 + kUnit);
+    for (int64_t c0 = 0; c0 < p.m; c0 += kGroup) {
+      switch (min64(kGroup, p.m - c0)) {
+        case 1: rows_pass<1, 4>(c0, j0, j1); break;
+        case 2: rows_pass<2, 4>(c0, j0, j1); break;
+        case 3: rows_pass<3, 2>(c0, j0, j1); break;
+        default: rows_pass<4, 2>(c0, j0, j1); break;
+      }
+    }
+  }
+
+  // y[c0 .. c0+G) at columns j0 .. j1, J rows of W at a time: each x chunk loaded serves J rows,
+  // the J weight streams run side by side, and G * J FMA chains are in flight (at most 8: with
+  // the operands that fills AVX2's 16 registers). Leftover W rows go one at a time.
+  template <int G, int J>
+  void rows_pass(int64_t c0, int64_t j0, int64_t j1) const {
+    const T* x[G];
+    for (int c = 0; c < G; ++c) x[c] = static_cast<const T*>(p.x) + (c0 + c) * p.x_row_stride;
+    int64_t j = j0;
+    for (; j + J <= j1; j += J) rows_block<G, J>(x, c0, j);
+    for (; j < j1; ++j) rows_block<G, 1>(x, c0, j);
+  }
+
+  template <int G, int J>
+  void rows_block(const T* const* x, int64_t c0, int64_t j) const {
+    const T* w = static_cast<const T*>(p.w) + j * p.k;
+    V acc[J][G];
+    for (int r = 0; r < J; ++r)
+      for (int c = 0; c < G; ++c) acc[r][c] = V::zero();
+    int64_t a = 0;
+    for (; a + W <= p.k; a += W) {
+      V xa[G];
+      for (int c = 0; c < G; ++c) xa[c] = V::load(x[c] + a);
+      for (int r = 0; r < J; ++r) {
+        const V wa = V::load(w + r * p.k + a);
+        for (int c = 0; c < G; ++c) acc[r][c] = fma(wa, xa[c], acc[r][c]);
+      }
+    }
+    const T* b = static_cast<const T*>(p.b);
+    T* y = static_cast<T*>(p.y);
+    for (int r = 0; r < J; ++r)
+      for (int c = 0; c < G; ++c) {
+        T sum = acc[r][c].reduce_add();
+        for (int64_t t = a; t < p.k; ++t) sum += w[r * p.k + t] * x[c][t];
+        y[(c0 + c) * p.n + j + r] = b ? sum + b[j + r] : sum;
+      }
+  }
+};
+
 template <class T>
 static void linear_typed(const LinearParams& p) {
   const LinearPlan<T> plan(p);
   if (plan.blocks == 0 || p.n == 0) return;
   // Threads from about 0.05 ms of work (4096 x 64 x 64 takes 0.6 ms on one core, 0.3 on two).
   const double work = double(p.m) * double(p.n) * double(p.k);
-  const bool parallel = p.num_threads > 1 && plan.blocks > 1 && work > double(1 << 22);
-  for_each_unit(plan.blocks, parallel, p.num_threads, plan.scratch_bytes,
+  const bool threads = p.num_threads > 1 && work > double(1 << 22);
+  if (p.m <= 2 * FewRowsLinear<T>::kGroup || (threads && plan.blocks < p.num_threads)) {
+    const FewRowsLinear<T> few{p};
+    for_each_unit(few.units(), threads, p.num_threads, 64, [&few](int64_t unit, void*) { few.run_unit(unit); });
+    return;
+  }
+  for_each_unit(plan.blocks, threads && plan.blocks > 1, p.num_threads, plan.scratch_bytes,
                 [&plan](int64_t block, void* scratch) { plan.run_block(block, static_cast<T*>(scratch)); });
 }
 

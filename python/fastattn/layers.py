@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple, cast
 
 import numpy as np
 
-from . import _dtypes, _sdpa_args
+from . import _attention_args, _dtypes, _sdpa_args
 from .functional import scaled_dot_product_attention
 from .hf import bert_attention_state_dict
 from .kv_cache import KVCache
@@ -27,16 +27,10 @@ def _positive(x: Any, name: str) -> int:
 
 
 def _project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
-    """x (B, L, n) @ weight.T + bias as one GEMM over all B * L rows, in weight's dtype."""
-    b, length, n = x.shape
-    rows = x.reshape(b * length, n)  # a view when the rows are evenly spaced
-    if rows.dtype != weight.dtype:
-        rows = rows.astype(weight.dtype)
-    y = rows @ weight.T  # BLAS reads the transposed weight in place
-    if bias is not None:
-        y += bias
-    out: np.ndarray = y.reshape(b, length, weight.shape[0])
-    return out
+    """x (B, L, n) @ weight.T + bias over all B * L rows at once, in weight's dtype, on fastattn's
+    linear kernel: NumPy's matmul would leave OpenBLAS's threads spinning against the attention
+    kernel that runs next (4-9 ms more per decode step on 2 threads, bench/RESULTS.md)."""
+    return _attention_args._project(x.astype(weight.dtype, copy=False), weight, bias)
 
 
 class MultiHeadAttention:
