@@ -25,10 +25,15 @@ import os
 import platform
 import sys
 
-import numpy as np
+# As the example does (examples/minilm_embeddings.py): NumPy's OpenBLAS threads sleep soon after a
+# matmul instead of spinning against fastattn's threads. Read when NumPy is first imported; it
+# concerns NumPy's BLAS only (torch's GEMMs are its own).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-import fastattn
-from fastattn._benchmark import OtherLoad, TimingPlan, cpu_model, time_interleaved
+import numpy as np  # noqa: E402
+
+import fastattn  # noqa: E402
+from fastattn._benchmark import OtherLoad, TimingPlan, cpu_model, time_interleaved  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "examples"))
