@@ -142,6 +142,22 @@ struct Operands {
   int64_t stride(const py::array& a, py::ssize_t from_end) const {
     return elem_stride(a, ndim - from_end, itemsize);
   }
+  // Data pointers, per-batch offsets and row strides of (batch..., rows, dim) operands into the
+  // kernel params that name them alike (AttentionParams, VectorAttentionParams). The offsets stay
+  // owned here, so `this` must outlive the kernel call.
+  template <class Params>
+  void wire_rows(Params& p) {
+    p.q = q.data();
+    p.k = k.data();
+    p.v = v.data();
+    p.q_batch_offset = q_off.data();
+    p.k_batch_offset = k_off.data();
+    p.v_batch_offset = v_off.data();
+    p.q_row_stride = stride(q, 2);
+    p.k_row_stride = stride(k, 2);
+    p.v_row_stride = stride(v, 2);
+    p.out = out.mutable_data();
+  }
 };
 
 // A mask in kernel form: bool (1 byte, nonzero = attend) or additive in the compute type, with the
@@ -384,16 +400,7 @@ py::str attention(py::handle q_handle, py::handle k_handle, py::handle v_handle,
   if (q.shape(ndim - 2) != p.lq || k.shape(ndim - 1) != p.d || v.shape(ndim - 2) != p.lk ||
       v.shape(ndim - 1) != p.dv)
     internal_error("inconsistent shapes");
-  p.q = q.data();
-  p.k = k.data();
-  p.v = v.data();
-  p.q_batch_offset = ops.q_off.data();
-  p.k_batch_offset = ops.k_off.data();
-  p.v_batch_offset = ops.v_off.data();
-  p.q_row_stride = ops.stride(q, 2);
-  p.k_row_stride = ops.stride(k, 2);
-  p.v_row_stride = ops.stride(v, 2);
-  p.out = ops.out.mutable_data();
+  ops.wire_rows(p);
   p.score = static_cast<fastattn::ScoreKind>(score_code);
   p.act = static_cast<fastattn::Activation>(act_code);
   p.bias = bias;
@@ -473,16 +480,7 @@ py::str vector_attention(py::handle q_handle, py::handle k_handle, py::handle v_
       v.shape(ndim - 2) != p.key_rows || v.shape(ndim - 1) != p.c || p.c < 1 || groups < 1 ||
       p.c % groups != 0)
     internal_error("inconsistent shapes or groups");
-  p.q = q.data();
-  p.k = k.data();
-  p.v = v.data();
-  p.q_batch_offset = ops.q_off.data();
-  p.k_batch_offset = ops.k_off.data();
-  p.v_batch_offset = ops.v_off.data();
-  p.q_row_stride = ops.stride(q, 2);
-  p.k_row_stride = ops.stride(k, 2);
-  p.v_row_stride = ops.stride(v, 2);
-  p.out = ops.out.mutable_data();
+  ops.wire_rows(p);
   p.relation = static_cast<fastattn::Relation>(relation_code);
   p.sharing = static_cast<fastattn::Sharing>(sharing_code);
 

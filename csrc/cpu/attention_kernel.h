@@ -130,13 +130,13 @@ struct AttentionPlan {
     for (int64_t i = 0; i < n * NR; i += W) activate<A>(V::load(s + i) + bias).store(s + i);
   }
 
-  // s_j = sum_a w[a] act(q[a] + k_j[a]) for n keys, kKeys at a time: each query vector loaded
-  // serves kKeys keys, and the kKeys activations are independent chains the core can overlap (a
+  // s_j = sum_a term(acc, q[a], k_j[a], w[a]) for n keys, kKeys at a time: each query vector
+  // loaded serves kKeys keys, and the kKeys terms are independent chains the core can overlap (a
   // runtime key count kept the accumulators on the stack and the chains serial, 3x slower). krows
   // is padded with zero keys to a multiple of R, and st has rows up to lk_pad, so whole groups of
   // kKeys are always safe to compute and store.
-  template <Activation A>
-  void additive_scores(const T* qt, const T* const* krows, int64_t n, T* s) const {
+  template <class Term>
+  void key_group_sums(const T* qt, const T* const* krows, int64_t n, T* s, Term term) const {
     const T* w = static_cast<const T*>(p.w);
     for (int64_t j = 0; j < n; j += kKeys) {
       const T* kr[kKeys];
@@ -146,13 +146,17 @@ struct AttentionPlan {
         for (int u = 0; u < kKeys; ++u) acc[u] = V::zero();
         for (int64_t a = 0; a < p.d; ++a) {
           const V qa = V::load(qt + a * NR + c0), wa = V::set1(w[a]);
-          V h[kKeys];
-          for (int u = 0; u < kKeys; ++u) h[u] = activate<A>(qa + V::set1(kr[u][a]));
-          for (int u = 0; u < kKeys; ++u) acc[u] = fma(wa, h[u], acc[u]);
+          for (int u = 0; u < kKeys; ++u) acc[u] = term(acc[u], qa, V::set1(kr[u][a]), wa);
         }
         for (int u = 0; u < kKeys; ++u) acc[u].store(s + (j + u) * NR + c0);
       }
     }
+  }
+
+  // s_j = sum_a w[a] act(q[a] + k_j[a]), the activation evaluated per term.
+  template <Activation A>
+  void additive_scores(const T* qt, const T* const* krows, int64_t n, T* s) const {
+    key_group_sums(qt, krows, n, s, [](V acc, V qa, V kb, V wa) { return fma(wa, activate<A>(qa + kb), acc); });
   }
 
   // Additive tanh and sigmoid scores without evaluating either function per (query, key, a):
@@ -171,26 +175,13 @@ struct AttentionPlan {
   }
 
   void product_scores(int64_t b, const T* qt, T* st, const T* zero_row, const T** krows) const {
-    const T* w = static_cast<const T*>(p.w);
     const T* keys = key_exp + b * p.lk * p.d;
     const V one = V::set1(T(1));
     for (int64_t j0 = 0; j0 < p.lk; j0 += BN) {
       const int64_t n = min64(BN, p.lk - j0), n_pad = min64(BN, round_up(n, kPad));
       for (int64_t j = 0; j < n_pad; ++j) krows[j] = j < n ? keys + (j0 + j) * p.d : zero_row;
       T* s = st + j0 * NR;
-      for (int64_t j = 0; j < n; j += kKeys) {
-        const T* kr[kKeys];
-        for (int u = 0; u < kKeys; ++u) kr[u] = krows[j + u];
-        for (int64_t c0 = 0; c0 < NR; c0 += W) {
-          V acc[kKeys];
-          for (int u = 0; u < kKeys; ++u) acc[u] = V::zero();
-          for (int64_t a = 0; a < p.d; ++a) {
-            const V qa = V::load(qt + a * NR + c0), wa = V::set1(w[a]);
-            for (int u = 0; u < kKeys; ++u) acc[u] = acc[u] + wa / fma(qa, V::set1(kr[u][a]), one);
-          }
-          for (int u = 0; u < kKeys; ++u) acc[u].store(s + (j + u) * NR + c0);
-        }
-      }
+      key_group_sums(qt, krows, n, s, [one](V acc, V qa, V kb, V wa) { return acc + wa / fma(qa, kb, one); });
       if (p.act == Activation::tanh) {
         const V sum = V::set1(w_sum), two = V::set1(T(2));
         for (int64_t i = 0; i < n * NR; i += W) fma(V::zero() - two, V::load(s + i), sum).store(s + i);
