@@ -624,6 +624,27 @@ def test_activation_accuracy(act, align, dtype):
     assert np.all(crel <= np.broadcast_to(rtol, relerr.shape)[:, :1]), crel.max()
 
 
+@pytest.mark.parametrize("act", ["tanh", "sigmoid"])
+def test_additive_broadcast_keys_are_one_key_set(rng, act):
+    """Keys broadcast over batch dims are exponentiated once per distinct key set (the product
+    form's key buffer is no larger than the keys): the same answers, bit for bit, as with the keys
+    copied out per batch, including a key set out of range (one key of 60) that takes the
+    per-term path while the others do not."""
+    q = randn(rng, (3, 4, 33, 16), F32)
+    k = randn(rng, (4, 50, 16), F32)  # broadcast over the first batch dim
+    k[2, 7, 3] = 60
+    v = randn(rng, (4, 50, 5), F32)
+    params = {"W_q": randn(rng, (24, 16), F32, 0.25), "W_k": randn(rng, (24, 16), F32, 0.25),
+              "w": randn(rng, (24,), F32, 0.2), "act": act}
+    params["W_k"][0, 3] = 1  # the large key value reaches projected key 0
+    got, gw = attention(q, k, v, score="additive", align="softmax", params=params, return_weights=True)
+    kc, vc = np.ascontiguousarray(np.broadcast_to(k, (3,) + k.shape)), np.ascontiguousarray(np.broadcast_to(v, (3,) + v.shape))
+    want, ww = attention(q, kc, vc, score="additive", align="softmax", params=params, return_weights=True)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(gw, ww)
+    check_attention(q, k, v, score="additive", align="softmax", params=params)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("align", ["softmax", "sigmoid", "sparsemax"])
 @pytest.mark.parametrize("act", ACT_NAMES)

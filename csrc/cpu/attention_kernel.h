@@ -36,11 +36,14 @@ struct AttentionPlan {
   static constexpr int kBisections = sizeof(T) == 8 ? 60 : 30;
 
   // Additive tanh and sigmoid in product form (product_scores): |q|, |k| up to kExpRange keep
-  // e^(f q) and e^(f k) normal numbers (|f x| <= 80). key_exp holds e^(f k), one row of d per
-  // (batch, key), and key_exp_ok[b] says batch b's keys are all in range; null when not in use.
+  // e^(f q) and e^(f k) normal numbers (|f x| <= 80). Batches whose keys lie at one offset (keys
+  // broadcast over batch dims) share a key set: key_set[b] is batch b's, key_exp holds e^(f k),
+  // one row of d per (set, key), and key_exp_ok[set] says the set's keys are all in range; null
+  // when not in use.
   static constexpr T kExpRange = T(40);
   T* key_exp = nullptr;
   const uint8_t* key_exp_ok = nullptr;
+  const int64_t* key_set = nullptr;
   T w_sum = T(0);
 
   const AttentionParams& p;
@@ -75,10 +78,10 @@ struct AttentionPlan {
     for (int64_t c = 0; c < NR; ++c)
       for (int64_t x = 0; x < p.d; ++x) qt[x * NR + c] = c < rows ? q[c * p.q_row_stride + x] : T(0);
 
-    if (key_exp && key_exp_ok[b] && in_range(qt, p.d * NR)) {
+    if (key_exp && key_exp_ok[key_set[b]] && in_range(qt, p.d * NR)) {
       const V f = V::set1(product_factor());
       for (int64_t x = 0; x < p.d * NR; x += W) exp_accurate(f * V::load(qt + x)).store(qt + x);
-      product_scores(b, qt, st, zero_row, krows);
+      product_scores(key_set[b], qt, st, zero_row, krows);
     } else {
       scores(b, qt, st, zero_row, krows);
     }
@@ -174,8 +177,8 @@ struct AttentionPlan {
     return ok;
   }
 
-  void product_scores(int64_t b, const T* qt, T* st, const T* zero_row, const T** krows) const {
-    const T* keys = key_exp + b * p.lk * p.d;
+  void product_scores(int64_t set, const T* qt, T* st, const T* zero_row, const T** krows) const {
+    const T* keys = key_exp + set * p.lk * p.d;
     const V one = V::set1(T(1));
     for (int64_t j0 = 0; j0 < p.lk; j0 += BN) {
       const int64_t n = min64(BN, p.lk - j0), n_pad = min64(BN, round_up(n, kPad));
@@ -189,13 +192,14 @@ struct AttentionPlan {
     }
   }
 
-  // key_exp = e^(f k) for keys rows [r0, r1) of batch b; whether all were in range.
-  bool exp_keys(int64_t b, int64_t r0, int64_t r1) const {
+  // key_exp rows of key set `set` = e^(f k) for key rows [r0, r1) of batch b (one of the set's
+  // batches); whether all were in range.
+  bool exp_keys(int64_t set, int64_t b, int64_t r0, int64_t r1) const {
     const V f = V::set1(product_factor());
     bool ok = true;
     for (int64_t r = r0; r < r1; ++r) {
       const T* k = static_cast<const T*>(p.k) + p.k_batch_offset[b] + r * p.k_row_stride;
-      T* e = key_exp + (b * p.lk + r) * p.d;
+      T* e = key_exp + (set * p.lk + r) * p.d;
       ok &= in_range(k, p.d);
       int64_t a = 0;
       for (; a + W <= p.d; a += W) exp_accurate(f * V::load(k + a)).store(e + a);
@@ -341,27 +345,50 @@ static void attention_typed(const AttentionParams& p) {
   if (items == 0) return;
   const double work = double(p.batch) * double(p.lq) * double(p.lk) * double(p.d + p.dv + 8);
   const bool parallel = p.num_threads > 1 && items > 1 && work > 1.5e5;
-  HeapBlock key_exp, key_exp_ok;
+  HeapBlock key_exp, key_exp_ok, key_sets;
   if (p.score == ScoreKind::additive && (p.act == Activation::tanh || p.act == Activation::sigmoid) &&
       p.lk > 0 && p.d > 0) {
-    key_exp.ptr = std::malloc(size_t(p.batch * p.lk * p.d) * sizeof(T));
-    key_exp_ok.ptr = std::malloc(size_t(p.batch));
+    // Key sets: one per distinct key offset, found with an open-addressing table (set index + 1,
+    // 0 = empty) in O(batch); each set's keys are exponentiated once, so key_exp is no larger
+    // than the keys themselves however far they broadcast.
+    int64_t cap = 1;
+    while (cap < 2 * p.batch) cap <<= 1;
+    key_sets.ptr = std::calloc(size_t(2 * p.batch + cap), sizeof(int64_t));
+    if (!key_sets.ptr) throw std::bad_alloc();
+    int64_t* set_of = static_cast<int64_t*>(key_sets.ptr);
+    int64_t* first_batch = set_of + p.batch;
+    int64_t* table = first_batch + p.batch;
+    int64_t sets = 0;
+    for (int64_t b = 0; b < p.batch; ++b) {
+      const int64_t off = p.k_batch_offset[b];
+      uint64_t h = (uint64_t(off) * 0x9E3779B97F4A7C15ull) >> 17;
+      while (table[h & (cap - 1)] && p.k_batch_offset[first_batch[table[h & (cap - 1)] - 1]] != off) ++h;
+      int64_t& slot = table[h & (cap - 1)];
+      if (!slot) {
+        first_batch[sets] = b;
+        slot = ++sets;
+      }
+      set_of[b] = slot - 1;
+    }
+    key_exp.ptr = std::malloc(size_t(sets * p.lk * p.d) * sizeof(T));
+    key_exp_ok.ptr = std::malloc(size_t(sets));
     if (!key_exp.ptr || !key_exp_ok.ptr) throw std::bad_alloc();
     plan.key_exp = static_cast<T*>(key_exp.ptr);
+    plan.key_set = set_of;
     uint8_t* ok = static_cast<uint8_t*>(key_exp_ok.ptr);
-    for (int64_t b = 0; b < p.batch; ++b) ok[b] = 1;
+    for (int64_t set = 0; set < sets; ++set) ok[set] = 1;
     const T* w = static_cast<const T*>(p.w);
     for (int64_t a = 0; a < p.d; ++a) plan.w_sum += w[a];
-    // Units of 64 key rows; a unit finding one out of range clears its batch's flag (a race
-    // between units of one batch writes the same 0).
-    const int64_t chunk = 64, per_batch = (p.lk + chunk - 1) / chunk;
-    for_each_unit(p.batch * per_batch, parallel, p.num_threads, 64, [&](int64_t unit, void*) {
-      const int64_t b = unit / per_batch, r0 = (unit % per_batch) * chunk;
-      if (!plan.exp_keys(b, r0, min64(p.lk, r0 + chunk))) {
+    // Units of 64 key rows; a unit finding one out of range clears its set's flag (a race
+    // between units of one set writes the same 0).
+    const int64_t chunk = 64, per_set = (p.lk + chunk - 1) / chunk;
+    for_each_unit(sets * per_set, parallel, p.num_threads, 64, [&](int64_t unit, void*) {
+      const int64_t set = unit / per_set, r0 = (unit % per_set) * chunk;
+      if (!plan.exp_keys(set, first_batch[set], r0, min64(p.lk, r0 + chunk))) {
 #ifdef _OPENMP
 #pragma omp atomic write
 #endif
-        ok[b] = 0;
+        ok[set] = 0;
       }
     });
     plan.key_exp_ok = ok;
