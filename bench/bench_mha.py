@@ -8,7 +8,7 @@ all it costs. So, per cached length n, interleaved:
 
   step        the layer's decode step
   proj        the two GEMVs alone, on the same weights, as the layer runs them (fastattn's linear
-              kernel: fastattn.layers._project)
+              kernel: fastattn._linear.project)
   blas        the same two GEMVs by NumPy's BLAS, for reference
   sdpa        scaled_dot_product_attention of the step's queries over the n + 1 cached positions
 
@@ -33,7 +33,7 @@ import numpy as np
 
 import fastattn
 from fastattn._benchmark import OtherLoad, TimingPlan, cpu_model, time_interleaved
-from fastattn.layers import _project
+from fastattn._linear import project
 
 
 def time_length(n, layer, cache, x, w_in, b_in, w_out, b_out, q, e, bytes_per_position, plan):
@@ -43,8 +43,8 @@ def time_length(n, layer, cache, x, w_in, b_in, w_out, b_out, q, e, bytes_per_po
         return layer(x, cache=cache, causal=True)[0]
 
     def proj():
-        qkv = _project(x, w_in, b_in)
-        return _project(qkv[:, :, :e], w_out, b_out)  # a stand-in of the merged heads: same GEMV
+        qkv = project(x, w_in, b_in)
+        return project(qkv[:, :, :e], w_out, b_out)  # a stand-in of the merged heads: same GEMV
 
     def blas():
         qkv = x[0] @ w_in.T + b_in

@@ -18,6 +18,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _cpu, _dtypes
+from ._linear import project
 from ._sdpa_args import broadcast_batch, mask_operand
 
 SCORES = ("dot", "scaled_dot", "cosine", "general", "biased_general", "activated_general",
@@ -97,21 +98,6 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return unit
 
 
-def _project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None) -> np.ndarray:
-    """x @ weight.T (+ bias) by fastattn's linear kernel, not NumPy's matmul: OpenBLAS's threads
-    spin for a while after each call and would take the cores from the attention kernel that runs
-    right after (csrc/cpu/linear_kernel.h)."""
-    m, n = math.prod(x.shape[:-1]), weight.shape[0]
-    x2 = x.reshape(m, x.shape[-1])
-    if x2.strides[-1] != x2.itemsize or not x2.flags.aligned or any(s % x2.itemsize for s in x2.strides):
-        x2 = x2.copy(order="C")  # rows contiguous and aligned, as the kernel reads them
-    w = weight if weight.flags.c_contiguous and weight.flags.aligned else weight.copy(order="C")
-    b = None if bias is None else bias.copy(order="C")
-    out = np.empty(x.shape[:-1] + (n,), x.dtype)
-    _cpu.linear(x2, w, b, out.reshape(m, n))
-    return out
-
-
 def _kernel_form(a: np.ndarray, cdt: np.dtype, ndim: int) -> np.ndarray:
     if a.dtype != cdt:
         a = a.astype(cdt)
@@ -166,7 +152,7 @@ def prepare(
         biased = score == "biased_general"
         if biased:
             _shape_check(arrays["b"], (dk,), "b", "(dk,)")
-        q = _project(q, arrays["W"], arrays["b"] if biased else None)
+        q = project(q, arrays["W"], arrays["b"] if biased else None)
         if score == "activated_general":
             kind = ACTIVATED
             act = ACTIVATIONS[_name(params.get("act", "tanh"), "act", tuple(ACTIVATIONS))]
@@ -185,8 +171,8 @@ def prepare(
         _shape_check(w_k, (da, dk), "W_k", "(da, dk)")
         if "b" in arrays:
             _shape_check(arrays["b"], (da,), "b", "(da,)")
-        q = _project(q, w_q, arrays.get("b"))
-        k = _project(k, w_k)
+        q = project(q, w_q, arrays.get("b"))
+        k = project(k, w_k)
         w = w.copy(order="C")  # contiguous and aligned (a few da values)
         kind, act = ADDITIVE, ACTIVATIONS[_name(params.get("act", "tanh"), "act", tuple(ACTIVATIONS))]
     if align == "hard" and cdt == np.float32 and lk > 1 << 24:

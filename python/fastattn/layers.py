@@ -1,5 +1,5 @@
 """MultiHeadAttention: the layer, interchangeable with PyTorch's nn.MultiheadAttention through state
-dicts, on NumPy's BLAS (projections) and the fused attention kernel (attention itself)."""
+dicts, on fastattn's linear kernel (projections) and the fused attention kernel (attention itself)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any, Dict, Optional, Tuple, cast
 
 import numpy as np
 
-from . import _attention_args, _dtypes, _sdpa_args
+from . import _dtypes, _sdpa_args
+from ._linear import project
 from .functional import scaled_dot_product_attention
 from .hf import bert_attention_state_dict
 from .kv_cache import KVCache
@@ -24,13 +25,6 @@ def _positive(x: Any, name: str) -> int:
     if n < 1:
         raise ValueError(f"{name} must be >= 1, got {n}")
     return n
-
-
-def _project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
-    """x (B, L, n) @ weight.T + bias over all B * L rows at once, in weight's dtype, on fastattn's
-    linear kernel: NumPy's matmul would leave OpenBLAS's threads spinning against the attention
-    kernel that runs next (4-9 ms more per decode step on 2 threads, bench/RESULTS.md)."""
-    return _attention_args._project(x.astype(weight.dtype, copy=False), weight, bias)
 
 
 class MultiHeadAttention:
@@ -289,7 +283,7 @@ class MultiHeadAttention:
 
         # (B, H, Lq, D) -> (B, Lq, E): one copy (the kernel writes heads apart), then out_proj.
         merged = heads.transpose(0, 2, 1, 3).reshape(b, lq, self.embed_dim)
-        out = _project(merged, self._wo, self._bo)
+        out = project(merged, self._wo, self._bo)
         out = out if out.dtype == self.dtype else out.astype(self.dtype)
         weights = None
         if lse is not None:  # need_weights
@@ -308,15 +302,15 @@ class MultiHeadAttention:
         views of the projections (split_heads moves no data)."""
         e, kv = self.embed_dim, self.num_kv_heads * self.head_dim
         if self.packed and self_attention:  # one GEMM for q, k and v
-            qkv = _project(q_in, self._in_w, self._in_b)
+            qkv = project(q_in, self._in_w, self._in_b)
             q, k, v = qkv[..., :e], qkv[..., e:e + kv], qkv[..., e + kv:]
         else:
-            q = _project(q_in, self._wq, self._bq)
+            q = project(q_in, self._wq, self._bq)
             if self.packed and kv_same:  # one GEMM for k and v
-                kvp = _project(k_in, self._in_w[e:], None if self._in_b is None else self._in_b[e:])
+                kvp = project(k_in, self._in_w[e:], None if self._in_b is None else self._in_b[e:])
                 k, v = kvp[..., :kv], kvp[..., kv:]
             else:
-                k, v = _project(k_in, self._wk, self._bk), _project(v_in, self._wv, self._bv)
+                k, v = project(k_in, self._wk, self._bk), project(v_in, self._wv, self._bv)
         if self.dtype != self._cdt:  # float16 / bfloat16: attention reads them in storage form
             q, k, v = (a.astype(self.dtype) for a in (q, k, v))
         return (split_heads(q, self.num_heads), split_heads(k, self.num_kv_heads),
