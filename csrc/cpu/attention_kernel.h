@@ -78,12 +78,13 @@ struct AttentionPlan {
     for (int64_t c = 0; c < NR; ++c)
       for (int64_t x = 0; x < p.d; ++x) qt[x * NR + c] = c < rows ? q[c * p.q_row_stride + x] : T(0);
 
-    if (key_exp && key_exp_ok[key_set[b]] && in_range(qt, p.d * NR)) {
+    const bool product = key_exp && key_exp_ok[key_set[b]] && in_range(qt, p.d * NR);
+    if (product) {
       const V f = V::set1(product_factor());
       for (int64_t x = 0; x < p.d * NR; x += W) exp_accurate(f * V::load(qt + x)).store(qt + x);
-      product_scores(key_set[b], qt, st, zero_row, krows);
+      scores(key_exp + key_set[b] * p.lk * p.d, p.d, true, qt, st, zero_row, krows);
     } else {
-      scores(b, qt, st, zero_row, krows);
+      scores(static_cast<const T*>(p.k) + p.k_batch_offset[b], p.k_row_stride, false, qt, st, zero_row, krows);
     }
     apply_masks(b, i0, rows, st);
     for (int64_t c0 = 0; c0 < NR; c0 += W) align(st + c0);
@@ -99,13 +100,19 @@ struct AttentionPlan {
     }
   }
 
-  // S^T for all keys, tile by tile; rows past lk (up to lk_pad) hold scores of zero keys.
-  void scores(int64_t b, const T* qt, T* st, const T* zero_row, const T** krows) const {
-    const T* k = static_cast<const T*>(p.k) + p.k_batch_offset[b];
+  // S^T for all keys (rows `row_stride` apart from `keys`; with `product`, the additive score's
+  // e^(f k) rows against e^(f q) in qt), tile by tile; rows past lk (up to lk_pad) hold scores of
+  // zero keys.
+  void scores(const T* keys, int64_t row_stride, bool product, const T* qt, T* st, const T* zero_row,
+              const T** krows) const {
     for (int64_t j0 = 0; j0 < p.lk; j0 += BN) {
       const int64_t n = min64(BN, p.lk - j0), n_pad = min64(BN, round_up(n, kPad));
-      for (int64_t j = 0; j < n_pad; ++j) krows[j] = j < n ? k + (j0 + j) * p.k_row_stride : zero_row;
+      for (int64_t j = 0; j < n_pad; ++j) krows[j] = j < n ? keys + (j0 + j) * row_stride : zero_row;
       T* s = st + j0 * NR;
+      if (product) {
+        product_scores(qt, krows, n, s);
+        continue;
+      }
       if (p.score == ScoreKind::additive) {
         switch (p.act) {
           case Activation::identity: additive_scores<Activation::identity>(qt, krows, n, s); break;
@@ -177,18 +184,12 @@ struct AttentionPlan {
     return ok;
   }
 
-  void product_scores(int64_t set, const T* qt, T* st, const T* zero_row, const T** krows) const {
-    const T* keys = key_exp + set * p.lk * p.d;
+  void product_scores(const T* qt, const T* const* krows, int64_t n, T* s) const {
     const V one = V::set1(T(1));
-    for (int64_t j0 = 0; j0 < p.lk; j0 += BN) {
-      const int64_t n = min64(BN, p.lk - j0), n_pad = min64(BN, round_up(n, kPad));
-      for (int64_t j = 0; j < n_pad; ++j) krows[j] = j < n ? keys + (j0 + j) * p.d : zero_row;
-      T* s = st + j0 * NR;
-      key_group_sums(qt, krows, n, s, [one](V acc, V qa, V kb, V wa) { return acc + wa / fma(qa, kb, one); });
-      if (p.act == Activation::tanh) {
-        const V sum = V::set1(w_sum), two = V::set1(T(2));
-        for (int64_t i = 0; i < n * NR; i += W) fma(V::zero() - two, V::load(s + i), sum).store(s + i);
-      }
+    key_group_sums(qt, krows, n, s, [one](V acc, V qa, V kb, V wa) { return acc + wa / fma(qa, kb, one); });
+    if (p.act == Activation::tanh) {
+      const V sum = V::set1(w_sum), two = V::set1(T(2));
+      for (int64_t i = 0; i < n * NR; i += W) fma(V::zero() - two, V::load(s + i), sum).store(s + i);
     }
   }
 
