@@ -252,10 +252,11 @@ def test_fully_masked_rows_are_exact_zeros(rng, case):
 # inputs drawn from a fixed seed with `poison` written where every query is masked off.
 
 
-def _sdpa_poisoned(where, **opts):
+def _sdpa_poisoned(where, lq=7, **opts):
+    # lq = 7 takes the blocked path, lq = 1 (decode) the row-wise one
     def make(poison):
         rng = np.random.default_rng(1234)
-        q, k, v = randn(rng, (2, 2, 7, 8)), randn(rng, (2, 2, 9, 8)), randn(rng, (2, 2, 9, 5))
+        q, k, v = randn(rng, (2, 2, lq, 8)), randn(rng, (2, 2, 9, 8)), randn(rng, (2, 2, 9, 5))
         # Lq = 7, Lk = 9: the keys no query sees under each option
         masked_keys = {"mask": [3, 8], "causal": [7, 8], "kv_lengths": [6, 7, 8], "window": [8]}[where]
         for a in (k, v):
@@ -333,6 +334,11 @@ MASKED_POISON = table("masked_poison", [
     ("scaled_dot_product_attention: kv_lengths", _sdpa_poisoned("kv_lengths", kv_lengths=6)),
     ("scaled_dot_product_attention: window", _sdpa_poisoned("window", window=(None, 1))),
     ("scaled_dot_product_attention: causal", _sdpa_poisoned("causal", causal=True)),
+    ("scaled_dot_product_attention: bool mask, decode",
+     _sdpa_poisoned("mask", lq=1, attn_mask=_sdpa_masked_keys("bool")[:1])),
+    ("scaled_dot_product_attention: -inf mask, decode",
+     _sdpa_poisoned("mask", lq=1, attn_mask=_sdpa_masked_keys("float")[:1])),
+    ("scaled_dot_product_attention: kv_lengths, decode", _sdpa_poisoned("kv_lengths", lq=1, kv_lengths=6)),
 ] + [
     (f"attention: {align}, {kind} mask", _attention_poisoned(align, kind))
     for align in ALIGNS for kind in ("bool", "float")

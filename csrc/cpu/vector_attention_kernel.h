@@ -104,14 +104,6 @@ static void rows_times(const typename V::T* const* rows, int64_t n, int64_t kdim
   }
 }
 
-static inline void prefetch_line(const void* address) {
-#if defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(address);
-#else
-  (void)address;
-#endif
-}
-
 // The per-row projections live in a block kept by the calling thread between calls (up to 64 MB;
 // larger ones are allocated per call): a fresh multi-megabyte block per call would cost a page
 // fault per 4 KB, about as long as computing it.
@@ -323,7 +315,6 @@ struct VectorAttentionPlan {
   // the hardware prefetcher sees by itself).
   void prefetch_rows(int64_t i) const {
     if (!p.index || i >= p.lq) return;
-    constexpr int64_t kLine = 64 / int64_t(sizeof(T));
     const int64_t* index = p.index + i * p.lk;
     const T* k = static_cast<const T*>(p.k);
     const T* v = static_cast<const T*>(p.v);
@@ -331,12 +322,11 @@ struct VectorAttentionPlan {
     for (int64_t s = 0; s < min64(p.lk, ts); ++s) {
       const int64_t j = index[s];
       if (j < 0) continue;
-      for (int64_t c = 0; c < p.c; c += kLine) prefetch_line(v + j * p.v_row_stride + c);
-      if (project) {
-        for (int64_t x = 0; x < hpad; x += kLine) prefetch_line(pk + j * hpad + x);
-      } else {
-        for (int64_t c = 0; c < p.c; c += kLine) prefetch_line(k + j * p.k_row_stride + c);
-      }
+      prefetch_row(v + j * p.v_row_stride, p.c * int64_t(sizeof(T)));
+      if (project)
+        prefetch_row(pk + j * hpad, hpad * int64_t(sizeof(T)));
+      else
+        prefetch_row(k + j * p.k_row_stride, p.c * int64_t(sizeof(T)));
     }
   }
 
@@ -685,15 +675,14 @@ struct VectorAttentionPlan {
   // Prefetch the key-projection and value rows of queries [i, i + nq) (neighbour form).
   void prefetch_tile(int64_t b, int64_t i, int64_t nq) const {
     if (!p.index || nq <= 0) return;
-    constexpr int64_t kLine = 64 / int64_t(sizeof(T));
     const int64_t* index = p.index + i * p.lk;
     const T* v = static_cast<const T*>(p.v);
     const T* pk = proj.ptr + pq_rows * hpad;
     for (int64_t s = 0; s < nq * p.lk; ++s) {
       const int64_t j = index[s];
       if (j < 0) continue;
-      for (int64_t c = 0; c < p.c; c += kLine) prefetch_line(v + j * p.v_row_stride + c);
-      prefetch_line(pk + j * hpad);
+      prefetch_row(v + j * p.v_row_stride, p.c * int64_t(sizeof(T)));
+      prefetch_row(pk + j * hpad, hpad * int64_t(sizeof(T)));
     }
   }
 
