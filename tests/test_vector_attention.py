@@ -151,18 +151,21 @@ def test_ptv2_shape_and_threads(rng, dtype, restore_threads):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("c", [32, 68])
 @pytest.mark.parametrize("s", [3, 16, 130])
-def test_tiled_weight_mlp_path(rng, s):
+def test_tiled_weight_mlp_path(rng, s, c):
     # The float32 path for hidden and group counts of at most one vector: short neighbour lists
     # packed several queries to a tile (126 pairs for S=3, not a multiple of 8), S=16 (PTv2), and a
     # list longer than a tile (S=130: split, the softmax rescaled across the pieces); missing
     # neighbours, queries with none, both sharings and both linear relations, with weights.
-    n, m, c = 61, 40, 32
+    # C = 68 leaves channels past the last whole AVX2 vector in W1 delta; hidden = groups = 1 is
+    # the one-lane (scalar ISA) case of the same path.
+    n, m = 61, 40
     q, k, v = (rounded(rng.standard_normal((rows, c)), np.float32) for rows in (n, m, m))
     pos = rounded(rng.standard_normal((n, s, c)), np.float32)
     index = rng.integers(-1, m, (n, s))
     index[[0, 17, 60]] = -1
-    for relation, sharing, (hidden, groups) in itertools.product(("subtract", "add"), SHARINGS, [(8, 8), (3, 4)]):
+    for relation, sharing, (hidden, groups) in itertools.product(("subtract", "add"), SHARINGS, [(8, 8 if c % 8 == 0 else 4), (3, 4), (1, 1)]):
         mlp = mlp_for(rng, c, groups, hidden, np.float32)
         kw = dict(index=index, relation=relation, sharing=sharing)
         out, weights = fastattn.vector_attention(q[0], k[0], v[0], pos=pos[0], weight_mlp=mlp[0],

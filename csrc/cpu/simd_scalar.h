@@ -43,6 +43,10 @@ struct VScalar {
 static inline VScalar<float> vexp2(VScalar<float> x) { return {std::exp2(x.v)}; }
 static inline VScalar<double> vexp2(VScalar<double> x) { return {std::exp2(x.v)}; }
 
+// Lane r of the result is the sum of a[r]'s lanes (one lane: a[0] itself).
+template <class T>
+static inline VScalar<T> lane_sums(const VScalar<T>* a) { return a[0]; }
+
 template <class T> struct VecOf { using type = VScalar<T>; };
 
 }  // namespace FASTATTN_ISA
