@@ -224,7 +224,7 @@ struct SdpaPlan {
   static constexpr int64_t BN = round_up(round_up(Tuning::block_n, MR), MRn);
   static constexpr int MRmax = MR > MRn ? MR : MRn;
   static constexpr int64_t kRowwiseMaxCols = W / 2;
-  static_assert(BN % MR == 0 && BN % MRn == 0 && BN % 4 == 0,
+  static_assert(BN % MR == 0 && BN % MRn == 0 && BN % W == 0,
                 "a key tile must hold whole register blocks");
 
   const SdpaParams& p;
@@ -509,6 +509,9 @@ struct SdpaPlan {
   void run_item_blocked(int64_t item, int64_t s, T* scratch) const;
   void run_item_rowwise(int64_t item, int64_t s, T* scratch) const;
   void accumulate_rowwise(const Item& it, int64_t n, bool careful) const;
+  void scores_rowwise(const Item& it, int64_t j0, int64_t n) const;
+  template <int CB>
+  void scores_rowwise_blocks(const Item& it, int64_t j0, int64_t n) const;
 };
 
 // Many queries: S^T = K Q^T and O^T += V^T P^T with register blocks of R keys (or value dims) by
@@ -593,44 +596,103 @@ static inline typename V::T dot_tail(const typename V::T* a, const typename V::T
   return s;
 }
 
-// The row-wise path's tile sums: acc row c = sum over the tile's keys of weight (S^T row j,
-// column c) times V row j; `careful` skips exactly-0 weights one key at a time.
-template <class E>
-void SdpaPlan<E>::accumulate_rowwise(const Item& it, int64_t n, bool careful) const {
-  const int64_t dv = p.dv, ld = it.cols_pad, cols = it.cols, dv_vec = dv / W * W;
-  for (int64_t i = 0; i < cols * dv; ++i) it.acc[i] = T(0);
-  for (int64_t j = 0; j < n; j += 4) {
-    const int64_t u_end = min64(4, n - j);
-    const T* vr[4] = {it.vrows[j], it.vrows[j + 1], it.vrows[j + 2], it.vrows[j + 3]};
-    for (int64_t c = 0; c < cols; ++c) {
-      T* acc = it.acc + c * dv;
-      T w[4] = {0, 0, 0, 0};
-      for (int64_t u = 0; u < u_end; ++u) w[u] = it.st[(j + u) * ld + c];
-      if (careful) {
-        for (int64_t u = 0; u < u_end; ++u) {
-          if (w[u] == T(0)) continue;
-          for (int64_t y = 0; y < dv; ++y) acc[y] += w[u] * vr[u][y];
-        }
-        continue;
-      }
-      const V w0 = V::set1(w[0]), w1 = V::set1(w[1]), w2 = V::set1(w[2]), w3 = V::set1(w[3]);
-      int64_t y = 0;
-      for (; y < dv_vec; y += W) {
-        V a = fma(w0, V::load(vr[0] + y), V::load(acc + y));
-        a = fma(w1, V::load(vr[1] + y), a);
-        a = fma(w2, V::load(vr[2] + y), a);
-        fma(w3, V::load(vr[3] + y), a).store(acc + y);
-      }
-      for (; y < dv; ++y) acc[y] += w[0] * vr[0][y] + w[1] * vr[1][y] + w[2] * vr[2][y] + w[3] * vr[3][y];
-    }
-  }
-}
-
 // The row-wise path asks for the K and V rows this many keys ahead of the ones it computes with:
 // its loads alone leave the memory system idle for too long between misses on this machine's cores
 // (decode (1,32,32,1,8192,128), 2 threads: 21.5 GB/s without, 25-26 with 32 keys ahead; 24 and 64
 // ahead, or every other cache line only, do worse).
 constexpr int64_t kDecodePrefetchKeys = 32;
+
+// The row-wise path's tile sums: acc row c = sum over the tile's keys of weight (S^T row j,
+// column c) times V row j, kNY vectors of the row at a time held in registers across the tile's
+// keys; `careful` skips exactly-0 weights one key at a time.
+template <class E>
+void SdpaPlan<E>::accumulate_rowwise(const Item& it, int64_t n, bool careful) const {
+  constexpr int kNY = 8;
+  const int64_t dv = p.dv, ld = it.cols_pad, cols = it.cols;
+  for (int64_t c = 0; c < cols; ++c) {
+    T* acc = it.acc + c * dv;
+    const T* w = it.st + c;  // weight of key j at w[j * ld]
+    if (careful) {
+      for (int64_t y = 0; y < dv; ++y) acc[y] = T(0);
+      for (int64_t j = 0; j < n; ++j) {
+        if (w[j * ld] == T(0)) continue;
+        for (int64_t y = 0; y < dv; ++y) acc[y] += w[j * ld] * it.vrows[j][y];
+      }
+      continue;
+    }
+    int64_t y = 0;
+    for (; y + kNY * W <= dv; y += kNY * W) {
+      V a[kNY];
+      for (int u = 0; u < kNY; ++u) a[u] = V::zero();
+      for (int64_t j = 0; j < n; ++j) {
+        const V wj = V::set1(w[j * ld]);
+        const T* vr = it.vrows[j] + y;
+        for (int u = 0; u < kNY; ++u) a[u] = fma(wj, V::load(vr + u * W), a[u]);
+      }
+      for (int u = 0; u < kNY; ++u) a[u].store(acc + y + u * W);
+    }
+    for (; y + W <= dv; y += W) {
+      V a = V::zero();
+      for (int64_t j = 0; j < n; ++j) a = fma(V::set1(w[j * ld]), V::load(it.vrows[j] + y), a);
+      a.store(acc + y);
+    }
+    for (; y < dv; ++y) {
+      T a = T(0);
+      for (int64_t j = 0; j < n; ++j) a += w[j * ld] * it.vrows[j][y];
+      acc[y] = a;
+    }
+  }
+}
+
+// The row-wise path's scores of one tile into S^T (key j0 + j: row j), in register blocks of KB
+// keys x CB queries (KB * CB = W; CB is the item's query count rounded up to a power of two, the
+// padding queries being zero rows): W dot products along the head dim that end in one
+// transpose-sum (lane_sums), not one horizontal sum each.
+template <class E>
+void SdpaPlan<E>::scores_rowwise(const Item& it, int64_t j0, int64_t n) const {
+  if (it.cols <= 1 || W < 2)
+    scores_rowwise_blocks<1>(it, j0, n);
+  else if (it.cols <= 2 || W < 4)
+    scores_rowwise_blocks<2>(it, j0, n);
+  else if (it.cols <= 4 || W < 8)
+    scores_rowwise_blocks<4>(it, j0, n);
+  else
+    scores_rowwise_blocks<8>(it, j0, n);
+}
+
+template <class E>
+template <int CB>
+void SdpaPlan<E>::scores_rowwise_blocks(const Item& it, int64_t j0, int64_t n) const {
+  if constexpr (CB <= W) {
+    constexpr int KB = W / CB;
+    const int64_t d = p.d, ld = it.cols_pad, d_vec = d / W * W, cols = it.cols;
+    for (int64_t j = 0; j < n; j += KB) {
+      for (int64_t u = 0; u < KB; ++u) {
+        const int64_t ahead = j0 + j + u + kDecodePrefetchKeys;
+        if (ahead >= it.key_end) break;
+        prefetch_row(it.k + ahead * p.k_row_stride, d * int64_t(sizeof(E)));
+        prefetch_row(it.v + ahead * p.v_row_stride, p.dv * int64_t(sizeof(E)));
+      }
+      const T* const* kr = it.krows + j;  // rows past n point at zeros
+      V acc[W];
+      for (int r = 0; r < W; ++r) acc[r] = V::zero();
+      for (int64_t x = 0; x < d_vec; x += W) {
+        V qx[CB];
+        for (int c = 0; c < CB; ++c) qx[c] = V::load(it.q + c * d + x);
+        for (int u = 0; u < KB; ++u) {
+          const V kx = V::load(kr[u] + x);
+          for (int c = 0; c < CB; ++c) acc[u * CB + c] = fma(kx, qx[c], acc[u * CB + c]);
+        }
+      }
+      T sums[W];
+      lane_sums(acc).store(sums);
+      for (int u = 0; u < KB && j + u < n; ++u)
+        for (int c = 0; c < CB && c < cols; ++c)
+          it.st[(j + u) * ld + c] = sums[u * CB + c] + dot_tail<V>(it.q + c * d, kr[u], d_vec, d);
+    }
+  }
+}
+
 
 // Few queries (decode): vectorised along the head dim. Each score is a dot product of a query
 // row with a key row, four keys at a time (four independent FMA chains, one horizontal sum each);
@@ -642,44 +704,25 @@ void SdpaPlan<E>::run_item_rowwise(int64_t item, int64_t s, T* scratch) const {
   Item it = locate(item, scratch, W);
   narrow_to_split(it, s);
   const int64_t d = p.d, dv = p.dv, ld = it.cols_pad, cols = it.cols;
-  const int64_t d_vec = d / W * W;
   const T scale = query_scale();
   for (int64_t c = 0; c < cols; ++c) {
     const E* qrow = query_row(it, c);
     for (int64_t x = 0; x < d; ++x) it.q[c * d + x] = to_compute(qrow[x]) * scale;
   }
+  for (int64_t i = cols * d; i < W * d; ++i) it.q[i] = T(0);  // padding queries of the score blocks
   for (int64_t i = 0; i < cols * dv; ++i) it.o[i] = T(0);
   // Columns past `cols` are never read back; keep their scores finite.
   for (int64_t j = 0; j < BN; ++j)
     for (int64_t c = cols; c < ld; ++c) it.st[j * ld + c] = T(0);
 
   for (int64_t j0 = it.key_begin; j0 < it.key_end; j0 += BN) {
-    const int64_t n = min64(BN, it.key_end - j0), n_pad = round_up(n, 4);
+    const int64_t n = min64(BN, it.key_end - j0), n_pad = round_up(n, W);
     gather_tile(it, j0, n, n_pad, false);
-    for (int64_t j = 0; j < n_pad; j += 4) {
-      for (int64_t u = 0; u < 4; ++u) {
-        const int64_t ahead = j0 + j + u + kDecodePrefetchKeys;
-        if (ahead >= it.key_end) break;
-        prefetch_row(it.k + ahead * p.k_row_stride, p.d * int64_t(sizeof(E)));
-        prefetch_row(it.v + ahead * p.v_row_stride, p.dv * int64_t(sizeof(E)));
-      }
-      const T* kr[4] = {it.krows[j], it.krows[j + 1], it.krows[j + 2], it.krows[j + 3]};
-      for (int64_t c = 0; c < cols; ++c) {
-        const T* q = it.q + c * d;
-        V acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
-        for (int64_t x = 0; x < d_vec; x += W) {
-          const V qx = V::load(q + x);
-          for (int u = 0; u < 4; ++u) acc[u] = fma(qx, V::load(kr[u] + x), acc[u]);
-        }
-        for (int u = 0; u < 4 && j + u < n; ++u)
-          it.st[(j + u) * ld + c] = acc[u].reduce_add() + dot_tail<V>(q, kr[u], d_vec, d);
-      }
-    }
+    scores_rowwise(it, j0, n);
     apply_masks(it, j0, n);
     softmax_tile(it, n);
     // Each output row gains sum_j weight_j * V row j, summed from zero for the tile and then added
-    // to the rescaled row (two-level summation, as in the blocked path). Rows j0+n .. n_pad point
-    // at zeros and get weight 0. The values are checked afterwards, not before (a pass over the
+    // to the rescaled row (two-level summation, as in the blocked path). The values are checked afterwards, not before (a pass over the
     // tile less): a finite sum cannot have met an Inf or NaN, and a sum that is not finite is
     // redone skipping exactly-0 weights, so 0 * Inf or 0 * NaN of a masked key contributes 0.
     accumulate_rowwise(it, n, false);
