@@ -29,7 +29,12 @@ Transformer v2/v3 serialise point clouds, so a point's neighbours lie near it in
 --order random keeps them in random order (every gathered row is then a cache miss, for torch too).
 
 Timing: one warm-up call each, then R rounds in which fastattn and its peers run INTERLEAVED; the
-median (and min) over rounds is reported. fastattn.set_num_threads(N), torch.set_num_threads(N),
+median (and min) over rounds is reported. Before each timed call the benchmark waits until the
+previous contender's idle thread pools stop spinning (NumPy's OpenBLAS threads spin for about
+0.1 s after a call and would take the cores from whoever runs next), as bench_sdpa.py does, and
+then makes one untimed call of the contender: on these VMs a thread pool that has gone to sleep
+takes up to ~10 ms to wake (fastattn's dense case: 5 ms back to back, 16 ms after 0.2 s idle on 2
+threads), which a layer called in a loop does not pay. So the figures are steady-state ones. fastattn.set_num_threads(N), torch.set_num_threads(N),
 OMP/OPENBLAS/MKL_NUM_THREADS=N set before NumPy is imported. Correctness: fastattn's output is
 compared with the peer's (max |diff| / max |ref|), MISMATCH above 1e-4.
 """
@@ -72,7 +77,7 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fastattn  # noqa: E402
-from fastattn._benchmark import cpu_model  # noqa: E402
+from fastattn._benchmark import cpu_model, settle  # noqa: E402
 
 torch = None
 if not ARGS.no_torch:
@@ -103,6 +108,8 @@ def interleaved(fns: dict, repeats: int) -> dict:
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            settle()  # the previous contender's idle threads (OpenBLAS, OpenMP) stop spinning first
+            fn()  # untimed: wakes this contender's own sleeping threads (see the module docstring)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

@@ -11,7 +11,10 @@ How it measures, and why:
 * Settling between contenders. BLAS and OpenMP thread pools keep spinning after a call returns
   (OpenBLAS for about 0.1 s), stealing cores from whatever runs next: on a 2-core machine that made torch
   look ~1.7x slower right after NumPy. So after each contender's sample the benchmark waits until no
-  thread of the process burns CPU any more (see settle()).
+  thread of the process burns CPU any more (see settle()). Then it calls the next contender once,
+  untimed: a thread pool that fell asleep during the wait takes milliseconds to wake on a VM (2
+  threads here: a 4 ms call took 12 ms after 0.2 s idle), which calls made back to back, as a
+  model's layers make them, do not pay. The figures are steady-state ones.
 * Adaptive repeat count. The number of repetitions is chosen from the warm-up timings to fit a per-shape
   time budget, with a floor (so every figure is a median of several samples) and a ceiling.
 * Correctness. A benchmark of a wrong kernel is worthless: after timing, fastattn's output is compared
@@ -351,7 +354,7 @@ def time_interleaved(contenders: dict[str, Callable[..., Any]], plan: TimingPlan
         except Exception as exc:  # a failing contender must not stop the benchmark
             errors[name] = f"{type(exc).__name__}: {exc}"
             continue
-        seconds_per_rep += calls[name] * per_call + (settle() if must_settle else 0.0)
+        seconds_per_rep += (calls[name] + must_settle) * per_call + (settle() if must_settle else 0.0)
     reps = choose_reps(seconds_per_rep, plan)
     samples: dict[str, list[float]] = {name: [] for name in calls}
     last: dict[str, Any] = {}
@@ -359,6 +362,8 @@ def time_interleaved(contenders: dict[str, Callable[..., Any]], plan: TimingPlan
         if on_rep:
             on_rep(rep, reps)
         for name in calls:
+            if must_settle:
+                contenders[name]()  # untimed: wakes the thread pool the settling let fall asleep
             per_call, last[name] = time_calls(contenders[name], calls[name])
             samples[name].append(per_call)
             if must_settle:
@@ -831,7 +836,8 @@ def method_lines(plan: TimingPlan, rows: list[dict[str, Any]], has_torch: bool) 
     order = "fastattn, NumPy, torch" if has_torch else "fastattn, NumPy"
     return [
         f"timing: median of {span} interleaved repetitions per shape ({order} in turn), after warm-up; "
-        f"idle thread pools awaited between contenders; short calls batched into >= {plan.min_sample_s * 1e3:g} ms",
+        "idle thread pools awaited between contenders, then one untimed call each; "
+        f"short calls batched into >= {plan.min_sample_s * 1e3:g} ms",
         "rates:  GFLOP/s = 4*B*Hq*Lq*Lk*D / time (halved if causal); GB/s (decode) = K+V bytes / time; "
         "vs X = X's time / fastattn's (> 1: fastattn faster)",
         "check:  fastattn's output vs the NumPy float32 one, max abs diff / max |out|, MISMATCH above "
