@@ -330,7 +330,8 @@ struct SdpaPlan {
 
   // Row pointers of keys and values j0 .. j0+n (widened first for float16/bfloat16); rows up to
   // n_pad point at zeros so micro-kernels always run whole register blocks. Returns whether the
-  // values are all finite: if not, a weight that is exactly 0 (masked) must skip its value.
+  // values are all finite (true without check_values): if not, a weight that is exactly 0 (masked)
+  // must skip its value.
   bool gather_tile(const Item& it, int64_t j0, int64_t n, int64_t n_pad, bool check_values = true) const {
     const int64_t d = p.d, dv = p.dv;
     for (int64_t j = 0; j < n; ++j) {
@@ -693,12 +694,11 @@ void SdpaPlan<E>::scores_rowwise_blocks(const Item& it, int64_t j0, int64_t n) c
   }
 }
 
-
-// Few queries (decode): vectorised along the head dim. Each score is a dot product of a query
-// row with a key row, four keys at a time (four independent FMA chains, one horizontal sum each);
-// each output row gains weight * value row, four keys at a time. Every block of four keys serves
-// all the item's queries while its rows are in L1, so K and V stream from memory exactly once.
-// Q and O are stored by rows.
+// Few queries (decode): vectorised along the head dim. Each tile's scores are dot products of the
+// query rows with the key rows (scores_rowwise), its weights come from the same online softmax as
+// the blocked path's, and each output row gains the weighted value rows (accumulate_rowwise). Every
+// tile serves all the item's queries while its rows are in cache, so K and V stream from memory
+// exactly once. Q and O are stored by rows.
 template <class E>
 void SdpaPlan<E>::run_item_rowwise(int64_t item, int64_t s, T* scratch) const {
   Item it = locate(item, scratch, W);
@@ -722,9 +722,10 @@ void SdpaPlan<E>::run_item_rowwise(int64_t item, int64_t s, T* scratch) const {
     apply_masks(it, j0, n);
     softmax_tile(it, n);
     // Each output row gains sum_j weight_j * V row j, summed from zero for the tile and then added
-    // to the rescaled row (two-level summation, as in the blocked path). The values are checked afterwards, not before (a pass over the
-    // tile less): a finite sum cannot have met an Inf or NaN, and a sum that is not finite is
-    // redone skipping exactly-0 weights, so 0 * Inf or 0 * NaN of a masked key contributes 0.
+    // to the rescaled row (two-level summation, as in the blocked path). The values are checked
+    // after the sums, not before them (a pass over the tile less): a finite sum cannot have met an
+    // Inf or NaN, and a sum that is not finite is redone skipping exactly-0 weights, so 0 * Inf or
+    // 0 * NaN of a masked key contributes 0.
     accumulate_rowwise(it, n, false);
     if (!rows_finite<V>(&it.acc, 1, cols * dv)) accumulate_rowwise(it, n, true);
     for (int64_t c = 0; c < cols; ++c) {

@@ -98,7 +98,8 @@ static inline VF64 vexp2(VF64 x) { return exp2_poly(x); }
 // halves' lane sums come from the same hadd tree as on AVX2.
 static inline VF32 lane_sums(const VF32* a) {
   __m256 h[16];
-  for (int r = 0; r < 16; ++r) h[r] = _mm256_add_ps(_mm512_castps512_ps256(a[r].v), _mm512_extractf32x8_ps(a[r].v, 1));
+  for (int r = 0; r < 16; ++r)
+    h[r] = _mm256_add_ps(_mm512_castps512_ps256(a[r].v), _mm512_extractf32x8_ps(a[r].v, 1));
   __m256 out[2];
   for (int k = 0; k < 2; ++k) {
     const __m256* b = h + 8 * k;
@@ -111,7 +112,8 @@ static inline VF32 lane_sums(const VF32* a) {
 }
 static inline VF64 lane_sums(const VF64* a) {
   __m256d h[8];
-  for (int r = 0; r < 8; ++r) h[r] = _mm256_add_pd(_mm512_castpd512_pd256(a[r].v), _mm512_extractf64x4_pd(a[r].v, 1));
+  for (int r = 0; r < 8; ++r)
+    h[r] = _mm256_add_pd(_mm512_castpd512_pd256(a[r].v), _mm512_extractf64x4_pd(a[r].v, 1));
   __m256d out[2];
   for (int k = 0; k < 2; ++k) {
     const __m256d* b = h + 4 * k;
