@@ -233,6 +233,13 @@ def check_sdpa(query, key, value, *, check_lse=True, yardstick=True, **kw):
             ys = yardstick_float32(query, key, value, **kw)
             ys_rows = rows & np.all(np.isfinite(ys), axis=-1)
             tol = max(4.0 * rel_err(ys, ref_out, ys_rows), tol)
+        if rows.any():
+            # float32 rounds a score s to about 2^-24 |s| before exponentiating it, which moves
+            # its weight, and so the output, by as much relatively; the yardstick's own error can
+            # be luckily small for the same scores (test_scores_growing_against_visit_order, S =
+            # 853: 4.3x the yardstick's, but 0.76 x 2^-24 S; at most 1.1 x 2^-24 S over 1200
+            # random cases). 4 x 2^-24 S is still a quarter of README's bound, 1e-6 (1 + S).
+            tol = max(tol, 4.0 * 2.0**-24 * score_max(query, key, value, **kw))
         assert err <= tol, f"float32 relative error {err:.3g} > {tol:.3g}"
         lse_tol = 1e-5
     else:
