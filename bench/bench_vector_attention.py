@@ -28,15 +28,16 @@ Points are uniform in the unit cube, stored in Morton (Z-order) order by default
 Transformer v2/v3 serialise point clouds, so a point's neighbours lie near it in memory;
 --order random keeps them in random order (every gathered row is then a cache miss, for torch too).
 
-Timing: one warm-up call each, then R rounds in which fastattn and its peers run INTERLEAVED; the
-median (and min) over rounds is reported. Before each timed call the benchmark waits until the
+Timing: fastattn._benchmark's interleaved loop (the one `python -m fastattn bench` uses), one call
+per sample: a warm-up call each, then R rounds in which fastattn and its peers run INTERLEAVED;
+the median (and min) over rounds is reported. Before each timed call the loop waits until the
 previous contender's idle thread pools stop spinning (NumPy's OpenBLAS threads spin for about
-0.1 s after a call and would take the cores from whoever runs next), as bench_sdpa.py does, and
-then makes one untimed call of the contender: on these VMs a thread pool that has gone to sleep
-takes up to ~10 ms to wake (fastattn's dense case: 5 ms back to back, 16 ms after 0.2 s idle on 2
-threads), which a layer called in a loop does not pay. So the figures are steady-state ones. fastattn.set_num_threads(N), torch.set_num_threads(N),
-OMP/OPENBLAS/MKL_NUM_THREADS=N set before NumPy is imported. Correctness: fastattn's output is
-compared with the peer's (max |diff| / max |ref|), MISMATCH above 1e-4.
+0.1 s after a call and would take the cores from whoever runs next), then makes one untimed call
+of the contender: on these VMs a thread pool that has gone to sleep takes up to ~10 ms to wake
+(fastattn's dense case: 5 ms back to back, 16 ms after 0.2 s idle on 2 threads), which a layer
+called in a loop does not pay. So the figures are steady-state ones.
+fastattn.set_num_threads(N), torch.set_num_threads(N), OMP/OPENBLAS/MKL_NUM_THREADS=N set before
+NumPy is imported. Correctness: fastattn's output is compared with the peer's (max |diff| / max |ref|), MISMATCH above 1e-4.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 
@@ -77,7 +77,7 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fastattn  # noqa: E402
-from fastattn._benchmark import cpu_model, settle  # noqa: E402
+from fastattn._benchmark import TimingPlan, copy_bandwidth, cpu_model, time_interleaved  # noqa: E402
 
 torch = None
 if not ARGS.no_torch:
@@ -103,17 +103,13 @@ ROWS = []
 # Timing
 # ----------------------------------------------------------------------------------------------------
 def interleaved(fns: dict, repeats: int) -> dict:
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            settle()  # the previous contender's idle threads (OpenBLAS, OpenMP) stop spinning first
-            fn()  # untimed: wakes this contender's own sleeping threads (see the module docstring)
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
+    """Seconds of each of `repeats` interleaved calls per contender: fastattn._benchmark's loop
+    (warm-up, settling and one untimed call between contenders), one call per sample."""
+    plan = TimingPlan(min_sample_s=0.0, budget_s=0.0, min_reps=repeats, max_reps=repeats, fixed_reps=repeats)
+    timings, _, errors = time_interleaved(fns, plan)
+    if errors:
+        raise RuntimeError(errors)
+    return {name: timing.samples_s for name, timing in timings.items()}
 
 
 def rel_err(got, ref) -> float:
@@ -122,16 +118,9 @@ def rel_err(got, ref) -> float:
 
 
 def copy_rate() -> float:
-    """Bytes per second of np.copyto on 256 MB (read + write bytes), median of 5 after a warm-up."""
-    src = np.ones(64 << 20, F32)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        times.append(time.perf_counter() - t0)
-    return 2 * src.nbytes / float(np.median(times))
+    """Bytes per second of np.copyto on 256 MB (read + write bytes), median of 5 after a warm-up:
+    the copy ceiling of `python -m fastattn bench --ceilings`."""
+    return copy_bandwidth(megabytes=256, reps=5)["gbs"] * 1e9
 
 
 def thread_cpu_ms(fn, repeats: int = 7) -> float:

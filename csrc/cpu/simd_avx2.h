@@ -1,5 +1,6 @@
 // The SIMD wrapper the kernels are written against, AVX2 + FMA flavour: 8 floats or 4 doubles.
-// Included only by kernels_avx2.cpp (and kernels_avx512.cpp for its 256-bit helpers).
+// Included only by kernels_avx2.cpp; its lane sums' hadd tree is in simd_lane_sums256.h, shared
+// with the AVX-512 wrapper.
 #pragma once
 
 #include <immintrin.h>
@@ -8,6 +9,7 @@
 
 #include "cpu/half.h"
 #include "cpu/simd_exp.h"
+#include "cpu/simd_lane_sums256.h"
 
 namespace fastattn {
 namespace FASTATTN_ISA {
@@ -116,15 +118,14 @@ static inline VF64 vexp2(VF64 x) { return exp2_poly(x); }
 // Lane r of the result is the sum of a[r]'s lanes, r < W: W horizontal sums at the cost of one
 // transpose (hadd tree), for dot products that run along vectors and end as one vector.
 static inline VF32 lane_sums(const VF32* a) {
-  const __m256 t0 = _mm256_hadd_ps(a[0].v, a[1].v), t1 = _mm256_hadd_ps(a[2].v, a[3].v);
-  const __m256 t2 = _mm256_hadd_ps(a[4].v, a[5].v), t3 = _mm256_hadd_ps(a[6].v, a[7].v);
-  // u0 lanes: sums of a0..a3 over the low 128 bits, then over the high 128 bits; u1 for a4..a7
-  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-  return {_mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))};
+  __m256 v[8];
+  for (int r = 0; r < 8; ++r) v[r] = a[r].v;
+  return {lane_sums8(v)};
 }
 static inline VF64 lane_sums(const VF64* a) {
-  const __m256d t0 = _mm256_hadd_pd(a[0].v, a[1].v), t1 = _mm256_hadd_pd(a[2].v, a[3].v);
-  return {_mm256_add_pd(_mm256_permute2f128_pd(t0, t1, 0x20), _mm256_permute2f128_pd(t0, t1, 0x31))};
+  __m256d v[4];
+  for (int r = 0; r < 4; ++r) v[r] = a[r].v;
+  return {lane_sums4(v)};
 }
 
 template <class T> struct VecOf;

@@ -8,6 +8,7 @@
 
 #include "cpu/half.h"
 #include "cpu/simd_exp.h"
+#include "cpu/simd_lane_sums256.h"
 
 namespace fastattn {
 namespace FASTATTN_ISA {
@@ -94,33 +95,19 @@ struct VF64 {
 static inline VF32 vexp2(VF32 x) { return exp2_poly(x); }
 static inline VF64 vexp2(VF64 x) { return exp2_poly(x); }
 
-// Lane r of the result is the sum of a[r]'s lanes, r < W: each vector's halves are added, then the
-// halves' lane sums come from the same hadd tree as on AVX2.
+// Lane r of the result is the sum of a[r]'s lanes, r < W: each vector's halves are added, then
+// the halves' lane sums come from the AVX2 hadd tree, eight (four) vectors at a time.
 static inline VF32 lane_sums(const VF32* a) {
   __m256 h[16];
   for (int r = 0; r < 16; ++r)
     h[r] = _mm256_add_ps(_mm512_castps512_ps256(a[r].v), _mm512_extractf32x8_ps(a[r].v, 1));
-  __m256 out[2];
-  for (int k = 0; k < 2; ++k) {
-    const __m256* b = h + 8 * k;
-    const __m256 t0 = _mm256_hadd_ps(b[0], b[1]), t1 = _mm256_hadd_ps(b[2], b[3]);
-    const __m256 t2 = _mm256_hadd_ps(b[4], b[5]), t3 = _mm256_hadd_ps(b[6], b[7]);
-    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-    out[k] = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-  }
-  return {_mm512_insertf32x8(_mm512_castps256_ps512(out[0]), out[1], 1)};
+  return {_mm512_insertf32x8(_mm512_castps256_ps512(lane_sums8(h)), lane_sums8(h + 8), 1)};
 }
 static inline VF64 lane_sums(const VF64* a) {
   __m256d h[8];
   for (int r = 0; r < 8; ++r)
     h[r] = _mm256_add_pd(_mm512_castpd512_pd256(a[r].v), _mm512_extractf64x4_pd(a[r].v, 1));
-  __m256d out[2];
-  for (int k = 0; k < 2; ++k) {
-    const __m256d* b = h + 4 * k;
-    const __m256d t0 = _mm256_hadd_pd(b[0], b[1]), t1 = _mm256_hadd_pd(b[2], b[3]);
-    out[k] = _mm256_add_pd(_mm256_permute2f128_pd(t0, t1, 0x20), _mm256_permute2f128_pd(t0, t1, 0x31));
-  }
-  return {_mm512_insertf64x4(_mm512_castpd256_pd512(out[0]), out[1], 1)};
+  return {_mm512_insertf64x4(_mm512_castpd256_pd512(lane_sums4(h)), lane_sums4(h + 4), 1)};
 }
 
 template <class T> struct VecOf;
