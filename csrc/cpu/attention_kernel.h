@@ -339,6 +339,58 @@ struct AttentionPlan {
   }
 };
 
+// Additive tanh and sigmoid in product form: finds the key sets, exponentiates each set's keys
+// once (units of 64 rows, threaded like the items) and points the plan at the results, which live
+// in the three blocks until the call ends.
+template <class T>
+static void prepare_product_form(AttentionPlan<T>& plan, const AttentionParams& p, bool parallel,
+                                 HeapBlock& key_exp, HeapBlock& key_exp_ok, HeapBlock& key_sets) {
+  // Key sets: one per distinct key offset, found with an open-addressing table (set index + 1,
+  // 0 = empty) in O(batch); each set's keys are exponentiated once, so key_exp is no larger
+  // than the keys themselves however far they broadcast.
+  int64_t cap = 1;
+  while (cap < 2 * p.batch) cap <<= 1;
+  key_sets.ptr = std::calloc(size_t(2 * p.batch + cap), sizeof(int64_t));
+  if (!key_sets.ptr) throw std::bad_alloc();
+  int64_t* set_of = static_cast<int64_t*>(key_sets.ptr);
+  int64_t* first_batch = set_of + p.batch;
+  int64_t* table = first_batch + p.batch;
+  int64_t sets = 0;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const int64_t off = p.k_batch_offset[b];
+    uint64_t h = (uint64_t(off) * 0x9E3779B97F4A7C15ull) >> 17;
+    while (table[h & (cap - 1)] && p.k_batch_offset[first_batch[table[h & (cap - 1)] - 1]] != off) ++h;
+    int64_t& slot = table[h & (cap - 1)];
+    if (!slot) {
+      first_batch[sets] = b;
+      slot = ++sets;
+    }
+    set_of[b] = slot - 1;
+  }
+  key_exp.ptr = std::malloc(size_t(sets * p.lk * p.d) * sizeof(T));
+  key_exp_ok.ptr = std::malloc(size_t(sets));
+  if (!key_exp.ptr || !key_exp_ok.ptr) throw std::bad_alloc();
+  plan.key_exp = static_cast<T*>(key_exp.ptr);
+  plan.key_set = set_of;
+  uint8_t* ok = static_cast<uint8_t*>(key_exp_ok.ptr);
+  for (int64_t set = 0; set < sets; ++set) ok[set] = 1;
+  const T* w = static_cast<const T*>(p.w);
+  for (int64_t a = 0; a < p.d; ++a) plan.w_sum += w[a];
+  // Units of 64 key rows; a unit finding one out of range clears its set's flag (a race
+  // between units of one set writes the same 0).
+  const int64_t chunk = 64, per_set = (p.lk + chunk - 1) / chunk;
+  for_each_unit(sets * per_set, parallel, p.num_threads, 64, [&](int64_t unit, void*) {
+    const int64_t set = unit / per_set, r0 = (unit % per_set) * chunk;
+    if (!plan.exp_keys(set, first_batch[set], r0, min64(p.lk, r0 + chunk))) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+      ok[set] = 0;
+    }
+  });
+  plan.key_exp_ok = ok;
+}
+
 template <class T>
 static void attention_typed(const AttentionParams& p) {
   AttentionPlan<T> plan(p);
@@ -348,52 +400,8 @@ static void attention_typed(const AttentionParams& p) {
   const bool parallel = p.num_threads > 1 && items > 1 && work > 1.5e5;
   HeapBlock key_exp, key_exp_ok, key_sets;
   if (p.score == ScoreKind::additive && (p.act == Activation::tanh || p.act == Activation::sigmoid) &&
-      p.lk > 0 && p.d > 0) {
-    // Key sets: one per distinct key offset, found with an open-addressing table (set index + 1,
-    // 0 = empty) in O(batch); each set's keys are exponentiated once, so key_exp is no larger
-    // than the keys themselves however far they broadcast.
-    int64_t cap = 1;
-    while (cap < 2 * p.batch) cap <<= 1;
-    key_sets.ptr = std::calloc(size_t(2 * p.batch + cap), sizeof(int64_t));
-    if (!key_sets.ptr) throw std::bad_alloc();
-    int64_t* set_of = static_cast<int64_t*>(key_sets.ptr);
-    int64_t* first_batch = set_of + p.batch;
-    int64_t* table = first_batch + p.batch;
-    int64_t sets = 0;
-    for (int64_t b = 0; b < p.batch; ++b) {
-      const int64_t off = p.k_batch_offset[b];
-      uint64_t h = (uint64_t(off) * 0x9E3779B97F4A7C15ull) >> 17;
-      while (table[h & (cap - 1)] && p.k_batch_offset[first_batch[table[h & (cap - 1)] - 1]] != off) ++h;
-      int64_t& slot = table[h & (cap - 1)];
-      if (!slot) {
-        first_batch[sets] = b;
-        slot = ++sets;
-      }
-      set_of[b] = slot - 1;
-    }
-    key_exp.ptr = std::malloc(size_t(sets * p.lk * p.d) * sizeof(T));
-    key_exp_ok.ptr = std::malloc(size_t(sets));
-    if (!key_exp.ptr || !key_exp_ok.ptr) throw std::bad_alloc();
-    plan.key_exp = static_cast<T*>(key_exp.ptr);
-    plan.key_set = set_of;
-    uint8_t* ok = static_cast<uint8_t*>(key_exp_ok.ptr);
-    for (int64_t set = 0; set < sets; ++set) ok[set] = 1;
-    const T* w = static_cast<const T*>(p.w);
-    for (int64_t a = 0; a < p.d; ++a) plan.w_sum += w[a];
-    // Units of 64 key rows; a unit finding one out of range clears its set's flag (a race
-    // between units of one set writes the same 0).
-    const int64_t chunk = 64, per_set = (p.lk + chunk - 1) / chunk;
-    for_each_unit(sets * per_set, parallel, p.num_threads, 64, [&](int64_t unit, void*) {
-      const int64_t set = unit / per_set, r0 = (unit % per_set) * chunk;
-      if (!plan.exp_keys(set, first_batch[set], r0, min64(p.lk, r0 + chunk))) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-        ok[set] = 0;
-      }
-    });
-    plan.key_exp_ok = ok;
-  }
+      p.lk > 0 && p.d > 0)
+    prepare_product_form(plan, p, parallel, key_exp, key_exp_ok, key_sets);
   for_each_unit(items, parallel, p.num_threads, plan.scratch_bytes,
                 [&plan](int64_t item, void* scratch) { plan.run_item(item, static_cast<T*>(scratch)); });
 }
