@@ -11,10 +11,11 @@
 //
 // The fast path (weight MLP with a linear relation, hidden units and groups each fitting one
 // vector: PTv2's 64->8->8 on AVX2 float32) works on tiles of up to kPairTile pairs that pack whole
-// queries' candidate lists: W1 delta for 8 pairs at a time as 8 accumulator registers (8 FMAs per
-// load of a W1^T row, delta broadcast), then W2, then each query's vertical online softmax and its
-// aggregation with 8 channel vectors of the accumulator held in registers. The phases run over
-// the whole tile in turn, so no phase reads single lanes of vectors the previous one just stored.
+// queries' candidate lists: each pair's W1 delta as W dot products along delta's channels ending in
+// one transpose-sum (w1_times, which also makes the per-row projections), then W2 for 8 pairs at a
+// time, then each query's vertical online softmax and its aggregation with 8 channel vectors of
+// the accumulator held in registers. The phases run over the whole tile in turn, so no phase reads
+// single lanes of vectors the previous one just stored.
 //
 // With the MLP and a linear relation (subtract, add), W1 r + b1 = (W1 q_i + b1) +- W1 k_j + W1 delta
 // is split: W1 q + b1 and +-W1 k are computed once per row before the pairs (an (N + M) x hidden
@@ -545,11 +546,11 @@ struct VectorAttentionPlan {
 
 
   // ------------------------------------------------------------------ fast path (hpad == gs == W)
-  // Per tile of candidates: for 8 pairs at a time, the hidden rows h_t = relu((W1 q + b1) +- W1 k_t
-  // + W1 delta_t) are 8 accumulator registers (W1 delta_t as 8 broadcasts of delta_t[x] times row x
-  // of W1^T: 8 FMAs per W1^T load), and the logits u_t = W2 h_t + b2 8 more; the online softmax is
-  // vertical over the tile's rows (no horizontal reductions), and the aggregation keeps up to 8
-  // channel vectors of the accumulator in registers across the tile's pairs.
+  // Per tile of candidates: the hidden rows h_t = relu((W1 q + b1) +- W1 k_t + W1 delta_t), one
+  // vector per pair (W1 delta_t by w1_times), then the logits u_t = W2 h_t + b2 for 8 pairs at a
+  // time as 8 accumulator registers; the online softmax is vertical over the tile's rows (no
+  // horizontal reductions), and the aggregation keeps up to 8 channel vectors of the accumulator
+  // in registers across the tile's pairs.
   // h_t = relu((W1 q + b1) +- W1 k_t + W1 delta_t) for 8 pairs.
   template <bool kPos>
   void fast_hidden(const T* const* pqrows, const T* const* prows, const T* const* pkrows, T* h) const {
