@@ -147,8 +147,8 @@ struct VectorAttentionPlan {
   CallBuffer<int64_t> ints;
   const int64_t *gmap, *kind, *g0;
   // MLP in kernel form: W1^T (c x hpad), b1 (hpad), W2^T * log2 e (hpad x gs), b2 * log2 e (gs),
-  // W1 in blocks, one per whole channel vector: its hpad rows x W channels (zero rows past hidden;
-  // the fast path's dot products).
+  // and for the fast path only W1 in blocks, one per whole channel vector: its hpad rows x W
+  // channels (zero rows past hidden; w1_times's dot products).
   CallBuffer<T> consts;
   const T *w1t, *b1, *w2t, *b2, *w1r;
   // project: W1 q + b1 per query row (batch * lq rows), then +-W1 k per key row, hpad apart.
@@ -172,12 +172,9 @@ struct VectorAttentionPlan {
     gs = round_up(p.groups, W);
     pq_rows = round_up(p.batch * p.lq, kProjRows);
     pk_rows = round_up(p.batch * p.key_rows, kProjRows);
+    fast = uses_fast_path(p);
     setup_groups();
     if (mlp) setup_mlp();
-    // The fast path: the hidden units and the groups fit one vector each (Point Transformer v2's
-    // 8 and 8 on AVX2 float32), so a pair's hidden row and its weight row are one register each.
-    // Not with no keys (lk == 0): its tiling divides by lk; the general path writes the zeros.
-    fast = project && hpad == W && gs == W && p.lk > 0;
     tcap = fast ? kPairTile + 8 : ts;  // rows of the tile arrays
 
     // rtile (ts x cpad) | htile (tcap x hpad) | utile (tcap x gs) | acc (cpad) | m, ms, l, sc (gs) |
@@ -198,10 +195,20 @@ struct VectorAttentionPlan {
     scratch_bytes = size_t(scratch_elems) * sizeof(T) + 5 * size_t(tcap) * sizeof(const T*);
   }
 
+  // The fast path: the weight MLP with a linear relation, its hidden units and the groups fitting
+  // one vector each (Point Transformer v2's 8 and 8 on AVX2 float32), so a pair's hidden row and
+  // its weight row are one register each. Not with no keys (lk == 0): its tiling divides by lk;
+  // the general path writes the zeros.
+  static bool uses_fast_path(const VectorAttentionParams& p) {
+    return p.w1 && p.relation != Relation::multiply && round_up(max64(p.hidden, 1), W) == W &&
+           round_up(p.groups, W) == W && p.lk > 0;
+  }
+
   static int64_t const_elems(const VectorAttentionParams& p) {
     if (!p.w1) return 1;
     const int64_t hpad = round_up(max64(p.hidden, 1), W), gs = round_up(p.groups, W);
-    return 2 * p.c * hpad + hpad + hpad * gs + gs;
+    const int64_t w1_blocks = uses_fast_path(p) ? p.c * hpad : 0;
+    return p.c * hpad + hpad + hpad * gs + gs + w1_blocks;
   }
   static int64_t proj_elems(const VectorAttentionParams& p) {
     if (!p.w1 || p.relation == Relation::multiply) return 1;
@@ -248,6 +255,12 @@ struct VectorAttentionPlan {
       for (int64_t g = 0; g < gs; ++g)
         w2t_[x * gs + g] = x < p.hidden && g < p.groups ? w2[g * p.hidden + x] * log2e : T(0);
     for (int64_t g = 0; g < gs; ++g) b2_[g] = g < p.groups ? bias2[g] * log2e : T(0);
+    w1t = w1t_;
+    b1 = b1_;
+    w2t = w2t_;
+    b2 = b2_;
+    w1r = nullptr;
+    if (!fast) return;
     T* w1r_ = b2_ + gs;
     // Channel vector by channel vector: the hpad rows' W channels of one vector lie together, so
     // w1_times walks one pointer with fixed offsets (W1 in plain rows, one base per row, left the
@@ -258,10 +271,6 @@ struct VectorAttentionPlan {
         for (int64_t l = 0; l < W; ++l)
           w1r_[(xv * hpad + x) * W + l] = x < p.hidden ? w1[x * p.c + xv * W + l] : T(0);
     w1r = w1r_;
-    w1t = w1t_;
-    b1 = b1_;
-    w2t = w2t_;
-    b2 = b2_;
   }
 
   // ------------------------------------------------------------------ per-row projections
