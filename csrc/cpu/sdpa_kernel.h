@@ -356,6 +356,26 @@ struct SdpaPlan {
     return it.i0 + it.rows - 1 + p.diag - p.left > j0 || it.i0 + p.diag + p.right < j0 + n - 1;
   }
 
+  // The keys j0 + [lo, hi) of a tile of n that the band lets some query of columns [c0, c1) see
+  // (lo == hi when none); every other key of the tile is masked for all of those queries. Padding
+  // columns (past it.cols) count as seeing every key: they are never skipped.
+  void band_keys(const Item& it, int64_t j0, int64_t n, int64_t c0, int64_t c1, int64_t& lo,
+                 int64_t& hi) const {
+    lo = n;
+    hi = 0;
+    for (int64_t c = c0; c < c1; ++c) {
+      if (c >= it.cols) {
+        lo = 0;
+        hi = n;
+        return;
+      }
+      const int64_t i = it.i0 + c % it.rows;
+      lo = min64(lo, max64(0, i + p.diag - p.left - j0));
+      hi = max64(hi, min64(n, i + p.diag + p.right - j0 + 1));
+    }
+    if (lo >= hi) lo = hi = 0;
+  }
+
   // Masks on S^T (row j = key j0 + j, column c). A masked score becomes -inf by assignment (never
   // by adding), so NaN or Inf in a masked key cannot leak into the row. The band (causal, window)
   // only needs checking on tiles it cuts.
@@ -559,11 +579,19 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
       if (lazy)
         for (int64_t c = 0; c < ld; ++c) it.l[c] += it.tsum[c];
     }
+    // On a tile the band cuts (the diagonal tiles of causal masking), a column block's queries
+    // may see only part of it: register blocks outside that part are not scored (apply_masks
+    // writes -inf there) and the sums skip those keys (weights exactly 0). The causal prefill
+    // shapes otherwise spend about 5% of their time on fully masked blocks.
+    const bool cut = band_cuts(it, j0, n);
+    int64_t lo = 0, hi = n;
     if (!lazy) {
       // S^T = K Q^T, one column block at a time so its Q^T panel stays in L1.
-      for (int64_t c0 = 0; c0 < ld; c0 += NRb)
-        for (int64_t j = 0; j < n_pad; j += R)
+      for (int64_t c0 = 0; c0 < ld; c0 += NRb) {
+        if (cut) band_keys(it, j0, n, c0, c0 + NRb, lo, hi);
+        for (int64_t j = lo / R * R; j < hi; j += R)
           score_micro<V, R, NVb>(it.krows + j, it.q + c0, ld, d, it.st + j * ld + c0, ld);
+      }
       apply_masks(it, j0, n);
       softmax_tile(it, n);
       for (int64_t c0 = 0; c0 < ld; c0 += W) {
@@ -575,13 +603,16 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
     }
     // O^T += V^T P^T.
     for (int64_t c0 = 0; c0 < ld; c0 += NRb) {
-      for (int64_t y0 = 0; y0 < dv; y0 += R) {
+      if (cut) band_keys(it, j0, n, c0, c0 + NRb, lo, hi);
+      const T* const* vrows = it.vrows + lo;
+      const T* pt = it.st + lo * ld + c0;
+      for (int64_t y0 = 0; y0 < dv && lo < hi; y0 += R) {
         const int r = int(min64(R, dv - y0));
         T* o = it.o + y0 * ld + c0;
         if (v_finite)
-          AccumulateTail<V, R, NVb, false>::run(r, it.vrows, y0, it.st + c0, ld, n, o, ld);
+          AccumulateTail<V, R, NVb, false>::run(r, vrows, y0, pt, ld, hi - lo, o, ld);
         else
-          AccumulateTail<V, R, NVb, true>::run(r, it.vrows, y0, it.st + c0, ld, n, o, ld);
+          AccumulateTail<V, R, NVb, true>::run(r, vrows, y0, pt, ld, hi - lo, o, ld);
       }
     }
   }
