@@ -530,6 +530,8 @@ struct SdpaPlan {
   void run_item_blocked(int64_t item, int64_t s, T* scratch) const;
   void run_item_rowwise(int64_t item, int64_t s, T* scratch) const;
   void accumulate_rowwise(const Item& it, int64_t n, bool careful) const;
+  template <int CB>
+  void accumulate_rowwise_blocks(const Item& it, int64_t n) const;
   void scores_rowwise(const Item& it, int64_t j0, int64_t n) const;
   template <int CB>
   void scores_rowwise_blocks(const Item& it, int64_t j0, int64_t n) const;
@@ -635,43 +637,70 @@ static inline typename V::T dot_tail(const typename V::T* a, const typename V::T
 constexpr int64_t kDecodePrefetchKeys = 32;
 
 // The row-wise path's tile sums: acc row c = sum over the tile's keys of weight (S^T row j,
-// column c) times V row j, kNY vectors of the row at a time held in registers across the tile's
-// keys; `careful` skips exactly-0 weights one key at a time.
+// column c) times V row j; `careful` skips exactly-0 weights one key at a time.
 template <class E>
 void SdpaPlan<E>::accumulate_rowwise(const Item& it, int64_t n, bool careful) const {
-  constexpr int kNY = 8;
   const int64_t dv = p.dv, ld = it.cols_pad, cols = it.cols;
-  for (int64_t c = 0; c < cols; ++c) {
-    T* acc = it.acc + c * dv;
-    const T* w = it.st + c;  // weight of key j at w[j * ld]
-    if (careful) {
+  if (careful) {
+    for (int64_t c = 0; c < cols; ++c) {
+      T* acc = it.acc + c * dv;
+      const T* w = it.st + c;  // weight of key j at w[j * ld]
       for (int64_t y = 0; y < dv; ++y) acc[y] = T(0);
       for (int64_t j = 0; j < n; ++j) {
         if (w[j * ld] == T(0)) continue;
         for (int64_t y = 0; y < dv; ++y) acc[y] += w[j * ld] * it.vrows[j][y];
       }
-      continue;
     }
-    int64_t y = 0;
-    for (; y + kNY * W <= dv; y += kNY * W) {
-      V a[kNY];
-      for (int u = 0; u < kNY; ++u) a[u] = V::zero();
-      for (int64_t j = 0; j < n; ++j) {
-        const V wj = V::set1(w[j * ld]);
-        const T* vr = it.vrows[j] + y;
-        for (int u = 0; u < kNY; ++u) a[u] = fma(wj, V::load(vr + u * W), a[u]);
+  } else if (cols <= 1) {
+    accumulate_rowwise_blocks<1>(it, n);
+  } else if (cols <= 2) {
+    accumulate_rowwise_blocks<2>(it, n);
+  } else if (cols <= 4) {
+    accumulate_rowwise_blocks<4>(it, n);
+  } else {
+    accumulate_rowwise_blocks<8>(it, n);
+  }
+}
+
+// The sums for CB queries (the item's, rounded up to a power of two; padding queries' sums are
+// not stored) at once: 8 / CB vectors of the value row per query held in registers across the
+// tile's keys, so each value vector is loaded once for all the queries (GQA decode with 4 query
+// heads per kv head loaded each one 4 times before).
+template <class E>
+template <int CB>
+void SdpaPlan<E>::accumulate_rowwise_blocks(const Item& it, int64_t n) const {
+  constexpr int kNY = CB >= 8 ? 1 : 8 / CB;
+  const int64_t dv = p.dv, ld = it.cols_pad, cols = min64(it.cols, CB);
+  int64_t y = 0;
+  for (; y + kNY * W <= dv; y += kNY * W) {
+    V a[CB][kNY];
+    for (int c = 0; c < CB; ++c)
+      for (int u = 0; u < kNY; ++u) a[c][u] = V::zero();
+    for (int64_t j = 0; j < n; ++j) {
+      const T* vr = it.vrows[j] + y;
+      V x[kNY];
+      for (int u = 0; u < kNY; ++u) x[u] = V::load(vr + u * W);
+      for (int c = 0; c < CB; ++c) {
+        const V wc = V::set1(it.st[j * ld + c]);
+        for (int u = 0; u < kNY; ++u) a[c][u] = fma(wc, x[u], a[c][u]);
       }
-      for (int u = 0; u < kNY; ++u) a[u].store(acc + y + u * W);
     }
-    for (; y + W <= dv; y += W) {
+    for (int64_t c = 0; c < cols; ++c)
+      for (int u = 0; u < kNY; ++u) a[c][u].store(it.acc + c * dv + y + u * W);
+  }
+  for (int64_t c = 0; c < cols; ++c) {
+    T* acc = it.acc + c * dv;
+    const T* w = it.st + c;  // weight of key j at w[j * ld]
+    int64_t yc = y;
+    for (; yc + W <= dv; yc += W) {
       V a = V::zero();
-      for (int64_t j = 0; j < n; ++j) a = fma(V::set1(w[j * ld]), V::load(it.vrows[j] + y), a);
-      a.store(acc + y);
+      for (int64_t j = 0; j < n; ++j) a = fma(V::set1(w[j * ld]), V::load(it.vrows[j] + yc), a);
+      a.store(acc + yc);
     }
-    for (; y < dv; ++y) {
+    for (; yc < dv; ++yc) {
       T a = T(0);
-      for (int64_t j = 0; j < n; ++j) a += w[j * ld] * it.vrows[j][y];
-      acc[y] = a;
+      for (int64_t j = 0; j < n; ++j) a += w[j * ld] * it.vrows[j][yc];
+      acc[yc] = a;
     }
   }
 }
