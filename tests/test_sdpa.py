@@ -231,6 +231,16 @@ def test_window(rng, window, causal, lq, lk):
     check_sdpa(q, k, v, window=window, causal=causal)
 
 
+@pytest.mark.parametrize("lq", [16, 32, 64, 128, 160, 250])
+@pytest.mark.parametrize("causal,window", [(False, None), (True, None), ("bottom_right", None),
+                                           (False, (20, 5)), (True, (40, 0))], ids=str)
+def test_query_block_widths(rng, lq, causal, window):
+    # Query counts per work item that take the narrower register blocks (a last block of 9-16 or
+    # 25-32 queries on AVX2), with the band cutting tiles through those blocks.
+    q, k, v = make_qkv(rng, batch=(2,), hq=2, lq=lq, lk=lq + 13, d=17)
+    check_sdpa(q, k, v, window=window, causal=causal)
+
+
 def test_window_as_list_and_long(rng):
     q, k, v = make_qkv(rng, hq=1, lq=1000, lk=1000, d=32)
     check_sdpa(q, k, v, window=[16, 16])
