@@ -295,6 +295,19 @@ def test_decoding_shapes(rng, lk, dtype):
         check_sdpa(q, k, v, causal="bottom_right")
 
 
+@pytest.mark.parametrize("group", [2, 3, 4])
+@pytest.mark.parametrize("d,dv", [(3, 5), (13, 17), (24, 40), (65, 3), (129, 7)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_decoding_query_groups_and_odd_dims(rng, group, d, dv, dtype):
+    # Decode with 2-4 query heads per kv head: the row-wise path's score and value-sum blocks for
+    # several queries (3 queries run as 4 with a padding query), with head dims that leave vector
+    # tails.
+    q, k, v = make_qkv(rng, batch=(2,), hq=2 * group, hkv=2, lq=1, lk=100, d=d, dv=dv,
+                       dtype=np.dtype(dtype))
+    check_sdpa(q, k, v)
+    check_sdpa(q, k, v, kv_lengths=np.array([100, 37]))
+
+
 def test_many_small_problems(rng):
     q, k, v = make_qkv(rng, batch=(64,), hq=8, hkv=4, lq=3, lk=5, d=8)
     check_sdpa(q, k, v, causal="bottom_right", kv_lengths=rng.integers(0, 6, size=64))
