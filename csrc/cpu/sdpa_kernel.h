@@ -739,7 +739,7 @@ void SdpaPlan<E>::scores_rowwise_blocks(const Item& it, int64_t j0, int64_t n) c
     constexpr int KB = W / CB;
     const int64_t d = p.d, ld = it.cols_pad, d_vec = d / W * W, cols = it.cols;
     for (int64_t j = 0; j < n; j += KB) {
-      for (int64_t u = 0; u < KB && CB > 1; ++u) {  // GQA: before them
+      for (int64_t u = 0; u < KB && CB > 1; ++u) {  // GQA: before the dot products
         const int64_t ahead = j0 + j + u + kDecodePrefetchKeys;
         if (ahead >= it.key_end) break;
         prefetch_row(it.k + ahead * p.k_row_stride, d * int64_t(sizeof(E)));
