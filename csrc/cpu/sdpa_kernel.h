@@ -590,10 +590,10 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
     // writes -inf there) and the sums skip those keys (weights exactly 0). The causal prefill
     // shapes otherwise spend about 5% of their time on fully masked blocks.
     const bool cut = band_cuts(it, j0, n);
-    int64_t lo = 0, hi = n;
     if (!lazy) {
       // S^T = K Q^T, one column block at a time so its Q^T panel stays in L1.
       for (int64_t c0 = 0; c0 < ld; c0 += NRb) {
+        int64_t lo = 0, hi = n;
         if (cut) band_keys(it, j0, n, c0, c0 + NRb, lo, hi);
         for (int64_t j = lo / R * R; j < hi; j += R)
           score_micro<V, R, NVb>(it.krows + j, it.q + c0, ld, d, it.st + j * ld + c0, ld);
@@ -609,6 +609,7 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
     }
     // O^T += V^T P^T.
     for (int64_t c0 = 0; c0 < ld; c0 += NRb) {
+      int64_t lo = 0, hi = n;
       if (cut) band_keys(it, j0, n, c0, c0 + NRb, lo, hi);
       const T* const* vrows = it.vrows + lo;
       const T* pt = it.st + lo * ld + c0;
