@@ -607,13 +607,17 @@ struct VectorAttentionPlan {
   // 8 groups on AVX2), so each weight is read at an offset known at compile time; with the groups
   // in a per-vector array instead, GCC kept the array on the stack and reloaded it for every pair
   // (the PTv2 layer 1.5 ms slower on one thread).
-  template <bool kPos, int NK, int kKind, bool kNextGroup = false>
+  //
+  // kToOutput: the segment is the query's whole candidate list, so the sums start from zero and
+  // leave as the output, acc[c] = sum * inv[g(c)] with inv the reciprocal softmax sums ("acc" is
+  // then the output row): no accumulator row in scratch to load, store and finish.
+  template <bool kPos, int NK, int kKind, bool kNextGroup = false, bool kToOutput = false>
   void fast_aggregate(const T* e, int64_t n, const T* const* vrows, const T* const* prows, T* acc,
-                      int64_t k0, T* tmp) const {
+                      int64_t k0, T* tmp, const T* inv = nullptr) const {
     V a[NK];
     int64_t go[NK];
     for (int kk = 0; kk < NK; ++kk) {
-      a[kk] = V::load(acc + (k0 + kk) * W);
+      a[kk] = kToOutput ? V::zero() : V::load(acc + (k0 + kk) * W);
       go[kk] = g0[k0 + kk];
     }
     const T* e0 = e + (kNextGroup ? go[0] : 0);
@@ -621,10 +625,14 @@ struct VectorAttentionPlan {
       const T* vr = vrows[t] + k0 * W;
       const T* pr = prows[t] + k0 * W;
       const T* er = e0 + t * W;
+      V splat[8];
+      if constexpr (kKind == kBroadcast && kNextGroup && NK == 8) V::splat8(er, splat);
       for (int kk = 0; kk < NK; ++kk) {
         const V x = kPos ? V::load(vr + kk * W) + V::load(pr + kk * W) : V::load(vr + kk * W);
         V wt;
-        if (kKind == kBroadcast && kNextGroup)
+        if (kKind == kBroadcast && kNextGroup && NK == 8)
+          wt = splat[kk];
+        else if (kKind == kBroadcast && kNextGroup)
           wt = V::set1(er[kk]);
         else if (kKind == kBroadcast)
           wt = V::set1(er[go[kk]]);
@@ -635,12 +643,18 @@ struct VectorAttentionPlan {
         a[kk] = fma(wt, x, a[kk]);
       }
     }
-    for (int kk = 0; kk < NK; ++kk) a[kk].store(acc + (k0 + kk) * W);
+    for (int kk = 0; kk < NK; ++kk) {
+      if (kToOutput) a[kk] = a[kk] * (kKind == kBroadcast && kNextGroup ? V::set1(inv[go[0] + kk])
+                                                                         : expand<kKind>(inv, k0 + kk, tmp));
+      a[kk].store(acc + (k0 + kk) * W);
+    }
   }
 
-  template <bool kPos>
+  // acc += the segment's weights times (v + delta), or with kToOutput (the whole candidate list in
+  // one segment) out = that sum times inv, per channel vector by the fastest form its groups allow.
+  template <bool kPos, bool kToOutput>
   void fast_aggregate_all(const T* e, int64_t n, const T* const* vrows, const T* const* prows, T* acc,
-                          T* tmp) const {
+                          T* tmp, const T* inv = nullptr) const {
     int64_t k = 0;
     for (; k + 8 <= nvec; k += 8) {
       bool all_b = true, all_c = true, next = true;
@@ -650,26 +664,26 @@ struct VectorAttentionPlan {
         next = next && g0[kk] == g0[k] + (kk - k);
       }
       if (all_b && next)
-        fast_aggregate<kPos, 8, kBroadcast, true>(e, n, vrows, prows, acc, k, tmp);
+        fast_aggregate<kPos, 8, kBroadcast, true, kToOutput>(e, n, vrows, prows, acc, k, tmp, inv);
       else if (all_b)
-        fast_aggregate<kPos, 8, kBroadcast>(e, n, vrows, prows, acc, k, tmp);
+        fast_aggregate<kPos, 8, kBroadcast, false, kToOutput>(e, n, vrows, prows, acc, k, tmp, inv);
       else if (all_c)
-        fast_aggregate<kPos, 8, kContiguous>(e, n, vrows, prows, acc, k, tmp);
+        fast_aggregate<kPos, 8, kContiguous, false, kToOutput>(e, n, vrows, prows, acc, k, tmp, inv);
       else
         break;
     }
     for (; k < nvec; ++k) {
       switch (kind[k]) {
-        case kBroadcast: fast_aggregate<kPos, 1, kBroadcast>(e, n, vrows, prows, acc, k, tmp); break;
-        case kContiguous: fast_aggregate<kPos, 1, kContiguous>(e, n, vrows, prows, acc, k, tmp); break;
-        default: fast_aggregate<kPos, 1, kGathered>(e, n, vrows, prows, acc, k, tmp); break;
+        case kBroadcast: fast_aggregate<kPos, 1, kBroadcast, false, kToOutput>(e, n, vrows, prows, acc, k, tmp, inv); break;
+        case kContiguous: fast_aggregate<kPos, 1, kContiguous, false, kToOutput>(e, n, vrows, prows, acc, k, tmp, inv); break;
+        default: fast_aggregate<kPos, 1, kGathered, false, kToOutput>(e, n, vrows, prows, acc, k, tmp, inv); break;
       }
     }
     for (int64_t c = c_full; c < p.c; ++c) {
       const int64_t g = gmap[c];
-      T sum = acc[c];
+      T sum = kToOutput ? T(0) : acc[c];
       for (int64_t t = 0; t < n; ++t) sum += e[t * W + g] * (kPos ? vrows[t][c] + prows[t][c] : vrows[t][c]);
-      acc[c] = sum;
+      acc[c] = kToOutput ? sum * inv[g] : sum;
     }
   }
 
@@ -705,11 +719,18 @@ struct VectorAttentionPlan {
         }
         const int64_t npad = round_up(np, 8);
         for (int64_t t = np; t < npad; ++t) krows[t] = vrows[t] = prows[t] = pkrows[t] = pqrows[t] = zero;
-        if (s0 + chunk >= p.lk) prefetch_tile(b, iq + nq, min64(per, i1 - iq - nq));
+        if (s0 + chunk >= p.lk) prefetch_key_projections(b, iq + nq, min64(per, i1 - iq - nq));
         // Each phase runs over the whole tile before the next reads its results back: a
         // broadcast load of one lane of a vector stored just before would wait for the store.
         for (int64_t t = 0; t < npad; t += 8) fast_hidden<kPos>(pqrows + t, prows + t, pkrows + t, h + t * W);
-        for (int64_t t = 0; t < npad; t += 8) fast_logits(h + t * W, u + t * W);
+        for (int64_t t = 0; t < npad; t += 8) {
+          // The value rows the aggregation will gather (neighbour form), asked for here: W1 delta,
+          // before, is bound by its loads and would slow down (5 cycles a pair), and asked for a
+          // tile ahead, all at once, they mostly missed (the aggregation 9 cycles a pair slower).
+          if (p.index)
+            for (int64_t x = t; x < t + 8; ++x) prefetch_row(vrows[x], p.c * int64_t(sizeof(T)));
+          fast_logits(h + t * W, u + t * W);
+        }
         for (int64_t t = 0; t < np; ++t) {
           if (krows[t] == zero)
             V::set1(neg_inf).store(u + t * W);
@@ -725,17 +746,15 @@ struct VectorAttentionPlan {
     }
   }
 
-  // Prefetch the key-projection and value rows of queries [i, i + nq) (neighbour form).
-  void prefetch_tile(int64_t b, int64_t i, int64_t nq) const {
+  // Prefetch the key-projection rows of queries [i, i + nq) (neighbour form): the next tile's
+  // hidden rows start from them.
+  void prefetch_key_projections(int64_t b, int64_t i, int64_t nq) const {
     if (!p.index || nq <= 0) return;
     const int64_t* index = p.index + i * p.lk;
-    const T* v = static_cast<const T*>(p.v);
-    const T* pk = proj.ptr + pq_rows * hpad;
+    const T* pk = proj.ptr + (pq_rows + b * p.key_rows) * hpad;
     for (int64_t s = 0; s < nq * p.lk; ++s) {
       const int64_t j = index[s];
-      if (j < 0) continue;
-      prefetch_row(v + j * p.v_row_stride, p.c * int64_t(sizeof(T)));
-      prefetch_row(pk + j * hpad, hpad * int64_t(sizeof(T)));
+      if (j >= 0) prefetch_row(pk + j * hpad, hpad * int64_t(sizeof(T)));
     }
   }
 
@@ -797,20 +816,29 @@ struct VectorAttentionPlan {
     T* m = st;
     T* ms = st + W;
     T* flags = st + 3 * W;
+    const int64_t row = b * p.lq + i;
+    T* wrow = p.weights ? static_cast<T*>(p.weights) + row * p.lk * p.groups : nullptr;
+    const V vneg_inf = V::set1(neg_inf), mv = V::load(m);
+    if (s0 == 0 && n == p.lk && visible > 0) {
+      // The whole candidate list in one segment (the neighbour form's S): the sums stay in
+      // registers from zero to the output row. Saved the PTv2 layer's per-query accumulator
+      // traffic and finish: 2-3 cycles a pair.
+      T* inv = tmp + W;
+      reciprocal_sums(st + 2 * W, inv);
+      select_eq(mv, vneg_inf, V::zero(), mv).store(ms);
+      fast_aggregate_all<kPos, true>(e, n, vrows, prows, static_cast<T*>(p.out) + row * p.c, tmp, inv);
+      if (wrow) normalize_weights(wrow, ms, inv);
+      return;
+    }
     if (s0 == 0)
       for (int64_t c = 0; c < cpad; ++c) acc[c] = T(0);
     if (visible > 0) {
       if (flags[0] == T(2)) scale_acc(acc, ms, tmp);
-      const V vneg_inf = V::set1(neg_inf), mv = V::load(m);
       select_eq(mv, vneg_inf, V::zero(), mv).store(ms);
       flags[0] = T(1);
-      fast_aggregate_all<kPos>(e, n, vrows, prows, acc, tmp);
+      fast_aggregate_all<kPos, false>(e, n, vrows, prows, acc, tmp);
     }
-    if (s0 + n >= p.lk) {
-      const int64_t row = b * p.lq + i;
-      T* wrow = p.weights ? static_cast<T*>(p.weights) + row * p.lk * p.groups : nullptr;
-      finish(row, acc, st + 2 * W, ms, wrow, tmp, tmp + W);
-    }
+    if (s0 + n >= p.lk) finish(row, acc, st + 2 * W, ms, wrow, tmp, tmp + W);
   }
 
   // Online softmax per group: folds the tile's maxima into m, rescales l (and returns the factor in
@@ -908,15 +936,24 @@ struct VectorAttentionPlan {
 
   // out = acc / l per group (0 where no key was visible); weights = 2^(logit - max) / l.
   void finish(int64_t row, T* acc, const T* l, const T* ms, T* wrow, T* tmp, T* inv) const {
+    reciprocal_sums(l, inv);
+    T* out = static_cast<T*>(p.out) + row * p.c;
+    for (int64_t k = 0; k < nvec; ++k) (V::load(acc + k * W) * expand_any(inv, k, tmp)).store(out + k * W);
+    for (int64_t c = c_full; c < p.c; ++c) out[c] = acc[c] * inv[gmap[c]];
+    if (wrow) normalize_weights(wrow, ms, inv);
+  }
+
+  // inv = 1 / l per group, 0 where l is 0 (no visible key).
+  void reciprocal_sums(const T* l, T* inv) const {
     const V zero = V::zero(), one = V::set1(T(1));
     for (int64_t g = 0; g < gs; g += W) {
       const V lg = V::load(l + g);
       select_eq(lg, zero, zero, one / lg).store(inv + g);
     }
-    T* out = static_cast<T*>(p.out) + row * p.c;
-    for (int64_t k = 0; k < nvec; ++k) (V::load(acc + k * W) * expand_any(inv, k, tmp)).store(out + k * W);
-    for (int64_t c = c_full; c < p.c; ++c) out[c] = acc[c] * inv[gmap[c]];
-    if (!wrow) return;
+  }
+
+  // The returned weights row, holding base-2 logits, becomes 2^(logit - safe max) / l.
+  void normalize_weights(T* wrow, const T* ms, const T* inv) const {
     const int64_t g_full = p.groups / W * W;
     for (int64_t s = 0; s < p.lk; ++s) {
       T* w = wrow + s * p.groups;
