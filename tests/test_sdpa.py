@@ -646,6 +646,28 @@ def test_nan_in_key_or_value_reaches_only_rows_that_see_it(rng, where):
     assert np.all(np.isfinite(sdpa(q, k, v, window=(0, 0), causal=True)[0, 1, :j]))
 
 
+@pytest.mark.parametrize("dtype,kept,skipped", [("float32", 85, 110), ("float64", 705, 750)])
+@pytest.mark.parametrize("lq", [1, 64], ids=["rowwise", "blocked"])
+@pytest.mark.parametrize("key", [7, 95], ids=["lazy-tile", "first-tile"])
+def test_visible_value_whose_weight_flushed_to_zero_is_skipped(rng, dtype, kept, skipped, lq, key):
+    # The rule README states: a weight that is exactly 0 skips its value, as a masked one does.
+    # The SIMD exponential flushes below 2^-125 (float32) / 2^-1021 (float64), a score gap of
+    # about 87 / 708; the scalar path's std::exp2 keeps subnormals, to about 103 / 744. Short of
+    # both the NaN value reaches every row, past both it reaches none. Key 7 lies in a lazily
+    # rescaled tile, key 95 in the first tile visited (the classic path).
+    dt = np.dtype(dtype)
+    for gap, reaches in ((kept, True), (skipped, False)):
+        q = np.zeros((1, lq, 16), dt)
+        q[..., 0] = 4.0  # score of key j = k[j, 0] (scale 1/4)
+        k = (0.01 * rng.standard_normal((1, 100, 16))).astype(dt)
+        k[..., key, :] = 0
+        k[..., key, 0] = -gap
+        v = randn(rng, (1, 100, 16), dt)
+        v[..., key, 3] = np.nan
+        out = sdpa(q, k, v)
+        assert np.isnan(out[..., 3]).all() if reaches else np.isfinite(out).all(), f"gap {gap}"
+
+
 @pytest.mark.parametrize("where", ["query", "key", "value"])
 def test_inf_reaches_only_rows_that_see_it(rng, where):
     lq = lk = 40
