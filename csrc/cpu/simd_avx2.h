@@ -57,21 +57,6 @@ struct VF32 {
     const __m256i n = _mm256_slli_epi32(_mm256_castps_si256(t.v), 23);
     return {_mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p.v), n))};
   }
-  // out[k] = p[k] in every lane, k < 8: two 4-value loads and in-lane shuffles. Eight broadcast
-  // loads instead left vector attention's aggregation bound by its loads (18 against 13 cycles a
-  // pair with its value and delta rows in L1).
-  static void splat8(const float* p, VF32* out) {
-    const __m256 lo = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(p));
-    const __m256 hi = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(p + 4));
-    out[0] = {_mm256_permute_ps(lo, 0x00)};
-    out[1] = {_mm256_permute_ps(lo, 0x55)};
-    out[2] = {_mm256_permute_ps(lo, 0xAA)};
-    out[3] = {_mm256_permute_ps(lo, 0xFF)};
-    out[4] = {_mm256_permute_ps(hi, 0x00)};
-    out[5] = {_mm256_permute_ps(hi, 0x55)};
-    out[6] = {_mm256_permute_ps(hi, 0xAA)};
-    out[7] = {_mm256_permute_ps(hi, 0xFF)};
-  }
   float reduce_max() const {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -114,9 +99,6 @@ struct VF64 {
   friend VF64 add_to_exponent(VF64 p, VF64 t) {
     const __m256i n = _mm256_slli_epi64(_mm256_castpd_si256(t.v), 52);
     return {_mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p.v), n))};
-  }
-  static void splat8(const double* p, VF64* out) {
-    for (int k = 0; k < 8; ++k) out[k] = set1(p[k]);
   }
   double reduce_max() const {
     __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));

@@ -55,20 +55,6 @@ struct VF32 {
     const __m512i n = _mm512_slli_epi32(_mm512_castps_si512(t.v), 23);
     return {_mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p.v), n))};
   }
-  // out[k] = p[k] in every lane, k < 8: two 4-value loads and in-lane shuffles (see the AVX2
-  // wrapper).
-  static void splat8(const float* p, VF32* out) {
-    const __m512 lo = _mm512_broadcast_f32x4(_mm_loadu_ps(p));
-    const __m512 hi = _mm512_broadcast_f32x4(_mm_loadu_ps(p + 4));
-    out[0] = {_mm512_permute_ps(lo, 0x00)};
-    out[1] = {_mm512_permute_ps(lo, 0x55)};
-    out[2] = {_mm512_permute_ps(lo, 0xAA)};
-    out[3] = {_mm512_permute_ps(lo, 0xFF)};
-    out[4] = {_mm512_permute_ps(hi, 0x00)};
-    out[5] = {_mm512_permute_ps(hi, 0x55)};
-    out[6] = {_mm512_permute_ps(hi, 0xAA)};
-    out[7] = {_mm512_permute_ps(hi, 0xFF)};
-  }
   float reduce_max() const { return _mm512_reduce_max_ps(v); }
   float reduce_add() const { return _mm512_reduce_add_ps(v); }
 };
@@ -101,9 +87,6 @@ struct VF64 {
   friend VF64 add_to_exponent(VF64 p, VF64 t) {
     const __m512i n = _mm512_slli_epi64(_mm512_castpd_si512(t.v), 52);
     return {_mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(p.v), n))};
-  }
-  static void splat8(const double* p, VF64* out) {
-    for (int k = 0; k < 8; ++k) out[k] = set1(p[k]);
   }
   double reduce_max() const { return _mm512_reduce_max_pd(v); }
   double reduce_add() const { return _mm512_reduce_add_pd(v); }

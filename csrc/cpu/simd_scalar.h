@@ -36,9 +36,6 @@ struct VScalar {
   }
   static VScalar load(const f16* p) { return {to_float(*p)}; }
   static VScalar load(const bf16* p) { return {to_float(*p)}; }
-  static void splat8(const T* p, VScalar* out) {
-    for (int k = 0; k < 8; ++k) out[k] = {p[k]};
-  }
   T reduce_max() const { return v; }
   T reduce_add() const { return v; }
 };

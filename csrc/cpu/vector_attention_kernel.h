@@ -625,14 +625,10 @@ struct VectorAttentionPlan {
       const T* vr = vrows[t] + k0 * W;
       const T* pr = prows[t] + k0 * W;
       const T* er = e0 + t * W;
-      V splat[8];
-      if constexpr (kKind == kBroadcast && kNextGroup && NK == 8) V::splat8(er, splat);
       for (int kk = 0; kk < NK; ++kk) {
         const V x = kPos ? V::load(vr + kk * W) + V::load(pr + kk * W) : V::load(vr + kk * W);
         V wt;
-        if (kKind == kBroadcast && kNextGroup && NK == 8)
-          wt = splat[kk];
-        else if (kKind == kBroadcast && kNextGroup)
+        if (kKind == kBroadcast && kNextGroup)
           wt = V::set1(er[kk]);
         else if (kKind == kBroadcast)
           wt = V::set1(er[go[kk]]);
