@@ -640,8 +640,7 @@ struct VectorAttentionPlan {
       }
     }
     for (int kk = 0; kk < NK; ++kk) {
-      if (kToOutput) a[kk] = a[kk] * (kKind == kBroadcast && kNextGroup ? V::set1(inv[go[0] + kk])
-                                                                         : expand<kKind>(inv, k0 + kk, tmp));
+      if (kToOutput) a[kk] = a[kk] * expand<kKind>(inv, k0 + kk, tmp);
       a[kk].store(acc + (k0 + kk) * W);
     }
   }
