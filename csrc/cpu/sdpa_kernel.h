@@ -178,7 +178,7 @@ static inline void exp_block(typename V::T* s, int64_t lds, const typename V::T*
       if (r < valid) {
         const V x = V::load(at);
         bmax = max(bmax, x);
-        const V e = vexp2(x - mc);
+        const V e = vexp2_softmax(x - mc);
         e.store(at);
         bsum = bsum + e;
       } else {
@@ -431,7 +431,7 @@ struct SdpaPlan {
       const V m_use = select_lt(m_new, V::set1(std::numeric_limits<T>::lowest()), V::zero(), m_new);
       V sums[4] = {V::zero(), V::zero(), V::zero(), V::zero()};  // 4 chains: less rounding, more ILP
       for (int64_t j = 0; j < n; ++j) {
-        const V e = vexp2(V::load(s + j * ld) - m_use);
+        const V e = vexp2_softmax(V::load(s + j * ld) - m_use);
         e.store(s + j * ld);
         sums[j & 3] = sums[j & 3] + e;
       }

@@ -52,10 +52,13 @@ struct VF32 {
     const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return {_mm256_castsi256_ps(_mm256_slli_epi32(h, 16))};
   }
-  // p * 2^n where the low bits of t hold the integer n (exp2_poly's magic-number rounding).
-  friend VF32 add_to_exponent(VF32 p, VF32 t) {
-    const __m256i n = _mm256_slli_epi32(_mm256_castps_si256(t.v), 23);
-    return {_mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p.v), n))};
+  // p * 2^n where the low bits of t hold the integer n, -126 < n < 128 (exp2_poly's magic-number
+  // rounding): 2^n is built from those bits and multiplied in, so a NaN p stays NaN whatever its
+  // payload (adding n to p's exponent bits instead would turn a NaN whose low payload bits are set
+  // into a number).
+  friend VF32 times_pow2(VF32 p, VF32 t) {
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(t.v), 23);
+    return {_mm256_mul_ps(p.v, _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32(127 << 23))))};
   }
   float reduce_max() const {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -96,9 +99,9 @@ struct VF64 {
   friend VF64 select_eq(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
     return {_mm256_blendv_pd(otherwise.v, then.v, _mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ))};
   }
-  friend VF64 add_to_exponent(VF64 p, VF64 t) {
-    const __m256i n = _mm256_slli_epi64(_mm256_castpd_si256(t.v), 52);
-    return {_mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p.v), n))};
+  friend VF64 times_pow2(VF64 p, VF64 t) {  // as VF32's, -1022 < n < 1024
+    const __m256i e = _mm256_slli_epi64(_mm256_castpd_si256(t.v), 52);
+    return {_mm256_mul_pd(p.v, _mm256_castsi256_pd(_mm256_add_epi64(e, _mm256_set1_epi64x(int64_t(1023) << 52))))};
   }
   double reduce_max() const {
     __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
@@ -114,6 +117,9 @@ struct VF64 {
 
 static inline VF32 vexp2(VF32 x) { return exp2_poly(x); }
 static inline VF64 vexp2(VF64 x) { return exp2_poly(x); }
+// 2^x for softmax arguments x = s - max <= hi (exp2_poly without its clamp).
+static inline VF32 vexp2_softmax(VF32 x) { return exp2_poly<VF32, false>(x); }
+static inline VF64 vexp2_softmax(VF64 x) { return exp2_poly<VF64, false>(x); }
 
 // Lane r of the result is the sum of a[r]'s lanes, r < W: W horizontal sums at the cost of one
 // transpose (hadd tree), for dot products that run along vectors and end as one vector.

@@ -50,10 +50,13 @@ struct VF32 {
     const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return {_mm512_castsi512_ps(_mm512_slli_epi32(h, 16))};
   }
-  // p * 2^n where the low bits of t hold the integer n (exp2_poly's magic-number rounding).
-  friend VF32 add_to_exponent(VF32 p, VF32 t) {
-    const __m512i n = _mm512_slli_epi32(_mm512_castps_si512(t.v), 23);
-    return {_mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p.v), n))};
+  // p * 2^n where the low bits of t hold the integer n, -126 < n < 128 (exp2_poly's magic-number
+  // rounding): 2^n is built from those bits and multiplied in, so a NaN p stays NaN whatever its
+  // payload (adding n to p's exponent bits instead would turn a NaN whose low payload bits are set
+  // into a number).
+  friend VF32 times_pow2(VF32 p, VF32 t) {
+    const __m512i e = _mm512_slli_epi32(_mm512_castps_si512(t.v), 23);
+    return {_mm512_mul_ps(p.v, _mm512_castsi512_ps(_mm512_add_epi32(e, _mm512_set1_epi32(127 << 23))))};
   }
   float reduce_max() const { return _mm512_reduce_max_ps(v); }
   float reduce_add() const { return _mm512_reduce_add_ps(v); }
@@ -84,9 +87,9 @@ struct VF64 {
   friend VF64 select_eq(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
     return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.v, b.v, _CMP_EQ_OQ), otherwise.v, then.v)};
   }
-  friend VF64 add_to_exponent(VF64 p, VF64 t) {
-    const __m512i n = _mm512_slli_epi64(_mm512_castpd_si512(t.v), 52);
-    return {_mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(p.v), n))};
+  friend VF64 times_pow2(VF64 p, VF64 t) {  // as VF32's, -1022 < n < 1024
+    const __m512i e = _mm512_slli_epi64(_mm512_castpd_si512(t.v), 52);
+    return {_mm512_mul_pd(p.v, _mm512_castsi512_pd(_mm512_add_epi64(e, _mm512_set1_epi64(int64_t(1023) << 52))))};
   }
   double reduce_max() const { return _mm512_reduce_max_pd(v); }
   double reduce_add() const { return _mm512_reduce_add_pd(v); }
@@ -94,6 +97,9 @@ struct VF64 {
 
 static inline VF32 vexp2(VF32 x) { return exp2_poly(x); }
 static inline VF64 vexp2(VF64 x) { return exp2_poly(x); }
+// 2^x for softmax arguments x = s - max <= hi (exp2_poly without its clamp).
+static inline VF32 vexp2_softmax(VF32 x) { return exp2_poly<VF32, false>(x); }
+static inline VF64 vexp2_softmax(VF64 x) { return exp2_poly<VF64, false>(x); }
 
 // Lane r of the result is the sum of a[r]'s lanes, r < W: each vector's halves are added, then
 // the halves' lane sums come from the AVX2 hadd tree, eight (four) vectors at a time.

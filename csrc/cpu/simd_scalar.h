@@ -42,6 +42,8 @@ struct VScalar {
 
 static inline VScalar<float> vexp2(VScalar<float> x) { return {std::exp2(x.v)}; }
 static inline VScalar<double> vexp2(VScalar<double> x) { return {std::exp2(x.v)}; }
+template <class T>
+static inline VScalar<T> vexp2_softmax(VScalar<T> x) { return vexp2(x); }
 
 // Lane r of the result is the sum of a[r]'s lanes (one lane: a[0] itself).
 template <class T>

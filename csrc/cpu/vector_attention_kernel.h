@@ -784,7 +784,7 @@ struct VectorAttentionPlan {
     const V safe = select_eq(m_new, vneg_inf, V::zero(), m_new);  // no visible key yet: any finite value
     V sum = V::zero();
     for (int64_t t = 0; t < n; ++t) {
-      const V x = vexp2(V::load(e + t * W) - safe);
+      const V x = vexp2_softmax(V::load(e + t * W) - safe);
       x.store(e + t * W);
       sum = sum + x;
     }
@@ -852,7 +852,7 @@ struct VectorAttentionPlan {
       const V safe = select_eq(m_new, vneg_inf, zero, m_new);  // no visible key yet: any finite value
       V sum = zero;
       for (int64_t t = 0; t < n; ++t) {
-        const V e = vexp2(V::load(u + t * gs + g) - safe);
+        const V e = vexp2_softmax(V::load(u + t * gs + g) - safe);
         e.store(u + t * gs + g);
         sum = sum + e;
       }
