@@ -889,6 +889,7 @@ def test_output_layer(rng, dtype):
         np.testing.assert_allclose(y, ref, rtol=0, atol=tol)
         np.testing.assert_allclose(y.astype(np.float64).sum(axis=-1), 1.0, rtol=0, atol=tol)
         assert np.all(y >= 0)
+    assert fastattn.output_layer(ctx, weight[:0], bias[:0]).shape == (2, 7, 0)  # no outputs
     y = fastattn.output_layer(ctx[0, 0], weight, bias)  # one context vector
     assert y.shape == (5,)
     np.testing.assert_allclose(y, output_layer_reference(ctx[0, 0], weight, bias), rtol=0, atol=tol)
@@ -980,3 +981,9 @@ def test_single_query_mask_is_shaped_like_its_weights(rng):
         ref_ctx, ref_w = fastattn.attention(q[None], k[b], attn_mask=mask[b][None], return_weights=True)
         np.testing.assert_allclose(w[b], ref_w[0], rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(ctx[b], ref_ctx[0], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("mask", [True, np.True_, np.float32(0)])
+def test_single_query_takes_a_0d_mask(rng, mask):
+    q, k = rng.standard_normal(4), rng.standard_normal((5, 4))
+    np.testing.assert_array_equal(fastattn.attention(q, k, attn_mask=mask), fastattn.attention(q, k))

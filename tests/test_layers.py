@@ -227,6 +227,15 @@ def test_unseen_rows_are_zero_not_nan(rng):
     np.testing.assert_allclose(w[0, :, [0, 1, 3, 4]].sum(-1), 1, atol=1e-6)
 
 
+@pytest.mark.parametrize("average", [True, False])
+def test_no_keys_gives_bias_output_and_empty_weights(rng, average):
+    layer = fastattn.MultiHeadAttention(16, 4, seed=0)
+    x = rng.standard_normal((2, 5, 16)).astype(np.float32)
+    out, w = layer(x, x[:, :0], x[:, :0], need_weights=True, average_attn_weights=average)
+    assert w.shape == ((2, 5, 0) if average else (2, 4, 5, 0))
+    np.testing.assert_array_equal(out, np.broadcast_to(layer.state_dict()["out_proj.bias"], out.shape))
+
+
 def test_input_dtype_and_layout_do_not_matter(rng):
     layer = fastattn.MultiHeadAttention(24, 4, seed=0)
     x = rng.standard_normal((3, 7, 24))

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import fastattn
+
 from helpers import (
     BF16, DTYPE_NAMES, check_sdpa, dtype_from_name, expected_out_dtype, make_mask, make_qkv, randn,
     sdpa,
@@ -583,6 +585,7 @@ def test_out_parameter_2d_and_empty_rows(rng):
     ((0, 3, 6, 8), (1, 3, 5, 8), (1, 3, 5, 4)),   # batch 0 by broadcasting
     ((6, 8), (0, 8), (0, 4)),                    # 2-D, Lk = 0
     ((0, 8), (5, 8), (5, 4)),                    # 2-D, Lq = 0
+    ((2, 0, 6, 8), (2, 2, 5, 8), (2, 2, 5, 4)),   # Hq = 0 with Hkv > 0 (0 is a multiple of 2)
 ])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_empty_sizes(rng, shapes, dtype):
@@ -666,6 +669,41 @@ def test_visible_value_whose_weight_flushed_to_zero_is_skipped(rng, dtype, kept,
         v[..., key, 3] = np.nan
         out = sdpa(q, k, v)
         assert np.isnan(out[..., 3]).all() if reaches else np.isfinite(out).all(), f"gap {gap}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("lq", [1, 17, 100], ids=["rowwise", "blocked-narrow", "blocked"])
+@pytest.mark.parametrize("inf_key,big_key", [(64, 3), (0, 69), (69, 0)])
+def test_value_seen_before_a_far_larger_score_is_skipped(rng, dtype, lq, inf_key, big_key):
+    # Tiles are visited last to first, so with inf_key 64 / big_key 3 the Inf value is summed with
+    # a weight of 1 before key 3's score (larger by 1e28) rescales everything before it by exactly
+    # 0. Its final weight is exactly 0, so by the README's rule it is skipped, not 0 x Inf = NaN.
+    dt = np.dtype(dtype)
+    q = np.ones((lq, 1), dt)
+    k = np.zeros((70, 1), dt)
+    k[big_key] = 1e28
+    v = np.arange(70, dtype=dt)[:, None] * np.ones((1, 2), dt)
+    v[inf_key, 1] = np.inf
+    out = sdpa(q, k, v, scale=1.0)
+    np.testing.assert_array_equal(out, np.broadcast_to(v[big_key], out.shape))
+    np.testing.assert_array_equal(fastattn.attention(q, k, v, score="dot"), out)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("length", [4, 200])
+@pytest.mark.parametrize("band", [{"causal": True}, {"window": (0, 0)}], ids=["causal", "window"])
+def test_nan_or_inf_mask_entry_at_a_key_the_band_hides(rng, bad, length, band):
+    # The band hides the last key from every row but the last; a NaN or +Inf additive mask entry
+    # there must not reach the rows that do not see that key (it used to add to the band's -inf).
+    q, k, v = make_qkv(rng, hq=2, lq=length, lk=length, d=16)
+    zeros = np.zeros((length, length), np.float32)
+    mask = zeros.copy()
+    mask[:, -1] = bad
+    out, lse = sdpa(q, k, v, attn_mask=mask, return_lse=True, **band)
+    want, want_lse = sdpa(q, k, v, attn_mask=zeros, return_lse=True, **band)
+    np.testing.assert_array_equal(out[..., :-1, :], want[..., :-1, :])
+    np.testing.assert_array_equal(lse[..., :-1], want_lse[..., :-1])
+    assert np.isnan(out[..., -1, :]).all()  # the last row sees it: s + NaN, or +Inf - Inf
 
 
 @pytest.mark.parametrize("where", ["query", "key", "value"])

@@ -62,3 +62,17 @@ def test_same_answer_as_one_thread(rng):
     whole, lse_whole = sdpa(q, k, v, return_lse=True)
     np.testing.assert_allclose(split, whole, rtol=2e-6, atol=2e-7)
     np.testing.assert_allclose(lse_split, lse_whole, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_whose_weight_is_zero_is_skipped(rng, dtype):
+    # The last split holds an Inf value, summed with weight 1 there; the first split holds a key
+    # whose score is larger by 1e28, so the merge weighs the last split by exactly 0: skipped (the
+    # README's rule for weight-0 values), not 0 x Inf = NaN.
+    q = np.ones((1, 32), dtype)
+    k = np.zeros((3000, 32), dtype)
+    k[5, 0] = 1e28
+    v = rng.standard_normal((3000, 24)).astype(dtype)
+    v[2990, 1] = np.inf
+    out = sdpa(q, k, v, scale=1.0)
+    np.testing.assert_array_equal(out, v[5:6])

@@ -282,6 +282,15 @@ def test_knn_ties_short_rows_and_small_inputs(rng):
     assert (fastattn.knn(np.zeros((0, 3)), 2, queries=few) == -1).all()
 
 
+def test_knn_queries_that_are_a_view_of_the_first_points(rng):
+    # The same address as the points but other row counts: not the points as their own queries
+    # (that case was told apart by address alone, and read and wrote past the arrays' ends).
+    pts = rng.standard_normal((50, 3)).astype(np.float32)
+    np.testing.assert_array_equal(fastattn.knn(pts, 3, queries=pts[:10]), knn_reference(pts, 3, pts[:10]))
+    np.testing.assert_array_equal(fastattn.knn(pts[:10], 3, queries=pts), knn_reference(pts[:10], 3, pts))
+    assert (fastattn.knn(pts[:0], 3, queries=pts[:2]) == -1).all()
+
+
 # ----------------------------------------------------------------------------- bad input
 
 C = 8

@@ -145,12 +145,13 @@ std::vector<double> as_double(const void* data, bool f64, int64_t count) {
 }  // namespace
 
 void knn(const KnnParams& p) {
+  // The points are their own queries only when the two arrays are the same rows: a view of the
+  // first rows of the points (queries=points[:m]) has the same address but fewer rows.
+  const bool self = p.queries == p.points && p.nq == p.n;
   const std::vector<double> points = as_double(p.points, p.f64, p.n * p.d);
-  const std::vector<double> queries =
-      p.queries == p.points ? points : as_double(p.queries, p.f64, p.nq * p.d);
+  const std::vector<double> queries = self ? points : as_double(p.queries, p.f64, p.nq * p.d);
   const Tree tree(points.data(), p.n, p.d);
   const int64_t found = std::min(p.k, p.n);
-  const bool self = p.queries == p.points;
   const bool parallel = p.num_threads > 1 && p.nq * (found + 1) > 4096;
   int failed = 0;
 #ifdef _OPENMP

@@ -377,12 +377,32 @@ struct SdpaPlan {
   }
 
   // Masks on S^T (row j = key j0 + j, column c). A masked score becomes -inf by assignment (never
-  // by adding), so NaN or Inf in a masked key cannot leak into the row. The band (causal, window)
-  // only needs checking on tiles it cuts.
+  // by adding), so NaN or Inf in a masked key cannot leak into the row. The attn_mask goes first
+  // and the band (causal, window) last, so a NaN or +Inf mask entry at a key the band hides cannot
+  // turn its -inf into NaN. The band only needs checking on tiles it cuts.
   void apply_masks(const Item& it, int64_t j0, int64_t n) const {
     constexpr T neg_inf = -std::numeric_limits<T>::infinity();
     const int64_t ld = it.cols_pad, rows = it.rows;
     T* st = it.st;
+    if (p.mask_kind != MaskKind::none) {
+      for (int64_t c = 0; c < it.cols; ++c) {
+        const int64_t h = it.hk * group + c / rows, i = it.i0 + c % rows;
+        const int64_t at = p.mask_batch_offset[it.b] + h * p.mask_head_stride +
+                           i * p.mask_row_stride + j0 * p.mask_col_stride;
+        if (p.mask_kind == MaskKind::additive) {
+          const T* mask = static_cast<const T*>(p.mask) + at;
+          for (int64_t j = 0; j < n; ++j) {
+            const T add = mask[j * p.mask_col_stride];
+            T& s = st[j * ld + c];
+            s = add == neg_inf ? neg_inf : s + add * T(kLog2e);
+          }
+        } else {
+          const uint8_t* mask = static_cast<const uint8_t*>(p.mask) + at;
+          for (int64_t j = 0; j < n; ++j)
+            if (!mask[j * p.mask_col_stride]) st[j * ld + c] = neg_inf;
+        }
+      }
+    }
     if (band_cuts(it, j0, n)) {
       for (int64_t j = 0; j < n; ++j) {
         // Query rows that see key j0 + j: i in [j0 + j - diag - right, j0 + j - diag + left].
@@ -393,24 +413,6 @@ struct SdpaPlan {
           for (int64_t r = 0; r < min64(r_lo, rows); ++r) srow[g * rows + r] = neg_inf;
           for (int64_t r = max64(r_hi, 0); r < rows; ++r) srow[g * rows + r] = neg_inf;
         }
-      }
-    }
-    if (p.mask_kind == MaskKind::none) return;
-    for (int64_t c = 0; c < it.cols; ++c) {
-      const int64_t h = it.hk * group + c / rows, i = it.i0 + c % rows;
-      const int64_t at = p.mask_batch_offset[it.b] + h * p.mask_head_stride +
-                         i * p.mask_row_stride + j0 * p.mask_col_stride;
-      if (p.mask_kind == MaskKind::additive) {
-        const T* mask = static_cast<const T*>(p.mask) + at;
-        for (int64_t j = 0; j < n; ++j) {
-          const T add = mask[j * p.mask_col_stride];
-          T& s = st[j * ld + c];
-          s = add == neg_inf ? neg_inf : s + add * T(kLog2e);
-        }
-      } else {
-        const uint8_t* mask = static_cast<const uint8_t*>(p.mask) + at;
-        for (int64_t j = 0; j < n; ++j)
-          if (!mask[j * p.mask_col_stride]) st[j * ld + c] = neg_inf;
       }
     }
   }
@@ -504,6 +506,7 @@ struct SdpaPlan {
         for (int64_t s = 0; s < splits; ++s) {
           const T* slot = partials + (item * splits + s) * partial_elems();
           const T w = std::exp2(slot[cols_cap * dv + c] - m_max);
+          if (w == T(0)) continue;  // the split's values all have weight 0: skipped
           l += w * slot[cols_cap * (dv + 1) + c];
           for (int64_t y = 0; y < dv; ++y) o[y] += w * slot[c * dv + y];
         }
@@ -600,9 +603,14 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
       }
       apply_masks(it, j0, n);
       softmax_tile(it, n);
+      // A factor of exactly 0 gives every value summed so far weight 0: they are skipped (O = 0),
+      // as the README's rule for weight-0 values asks, so an Inf among them cannot make 0 x Inf.
       for (int64_t c0 = 0; c0 < ld; c0 += W) {
         const V alpha = V::load(it.alpha + c0);
-        for (int64_t y = 0; y < dv; ++y) (V::load(it.o + y * ld + c0) * alpha).store(it.o + y * ld + c0);
+        for (int64_t y = 0; y < dv; ++y) {
+          T* o = it.o + y * ld + c0;
+          select_eq(alpha, V::zero(), V::zero(), V::load(o) * alpha).store(o);
+        }
       }
       m_ready = true;
       for (int64_t c = 0; c < ld && m_ready; ++c) m_ready = it.m[c] > -std::numeric_limits<T>::infinity();
@@ -832,7 +840,10 @@ void SdpaPlan<E>::run_item_rowwise(int64_t item, int64_t s, T* scratch) const {
       T* o = it.o + c * dv;
       const T* acc = it.acc + c * dv;
       const T alpha = it.alpha[c];
-      for (int64_t y = 0; y < dv; ++y) o[y] = o[y] * alpha + acc[y];
+      if (alpha == T(0))  // the earlier values' weights are all 0: skipped (as in the blocked path)
+        for (int64_t y = 0; y < dv; ++y) o[y] = acc[y];
+      else
+        for (int64_t y = 0; y < dv; ++y) o[y] = o[y] * alpha + acc[y];
     }
   }
   complete(it, item, s, dv, 1);
@@ -883,6 +894,8 @@ template <class E>
 static void sdpa_typed(const SdpaParams& p) {
   using Plan = SdpaPlan<E>;
   using T = typename Plan::T;
+  // No output row, nothing to do; Hq = 0 with Hkv > 0 would otherwise make a group of 0 heads.
+  if (p.batch == 0 || p.hq == 0 || p.lq == 0) return;
   Plan plan(p);
   const int64_t items = plan.items();
   if (items == 0) return;

@@ -180,7 +180,7 @@ __global__ void __launch_bounds__(kThreads) sdpa_decode_kernel(const SdpaParams 
         const T alpha = exp2_(m[r] - base);
         l[r] *= alpha;
 #pragma unroll
-        for (int e = 0; e < kEPL; ++e) acc[r][e] *= alpha;
+        for (int e = 0; e < kEPL; ++e) acc[r][e] = alpha == T(0) ? T(0) : acc[r][e] * alpha;  // weight 0: skipped
         m[r] = mx;
       }
       const T w = exp2_(s - base);
@@ -267,7 +267,8 @@ __global__ void __launch_bounds__(128) sdpa_combine_kernel(const SdpaParams p, P
     T o = T(0);
     for (int s = 0; s < part.splits; ++s) {
       const T ms = part.pm[s * R + row];
-      if (ms != neg_inf) o += exp2_(ms - mmax) * part.po[(s * R + row) * p.dv + y];
+      const T w = ms == neg_inf ? T(0) : exp2_(ms - mmax);
+      if (w != T(0)) o += w * part.po[(s * R + row) * p.dv + y];  // a split of weight 0 is skipped
     }
     dst[y] = from_compute<E>(lsum == T(0) ? T(0) : o * inv);
   }

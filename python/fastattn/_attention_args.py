@@ -181,6 +181,8 @@ def prepare(
     ndim = len(batch) + 2
     q, k, v = (_kernel_form(a, cdt, ndim) for a in (q, k, v))
     if attn_mask is not None and single_query:
-        attn_mask = np.asarray(attn_mask)[..., None, :]  # shaped like the weights: (..., Lk)
+        attn_mask = np.asarray(attn_mask)  # shaped like the weights, (..., Lk), or 0-d
+        if attn_mask.ndim > 0:
+            attn_mask = attn_mask[..., None, :]
     mask = None if attn_mask is None else mask_operand(attn_mask, cdt, batch + (lq, lk))
     return AttentionCall(score, align, q, k, v, mask, w, kind, act, bias, batch, dtype, single_query)

@@ -226,6 +226,8 @@ def output_layer(context: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike
     logits: np.ndarray = c.astype(cdt) @ w.astype(cdt).T
     if bias is not None:
         logits += arrays[2].astype(cdt)
+    if logits.shape[-1] == 0:  # a distribution over no outputs: empty, as torch.softmax gives
+        return logits.astype(dtype, copy=False)
     logits -= logits.max(axis=-1, keepdims=True)
     np.exp(logits, out=logits)
     logits /= logits.sum(axis=-1, keepdims=True)

@@ -357,6 +357,8 @@ def _attention_weights(q: np.ndarray, k: np.ndarray, lse: np.ndarray, mask: Opti
     vanishes. lse still says which rows see no key (-inf: zeros) or read a NaN query (NaN)."""
     b, h, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
+    if lk == 0:  # no key: no weight (the output is out_proj's bias)
+        return np.zeros((b, h, lq, 0), cdt)
     group = h // hkv
     qg = q.reshape(b, hkv, group, lq, d).astype(cdt, copy=False)
     kt = k.astype(cdt, copy=False)[:, :, None].swapaxes(-1, -2)
