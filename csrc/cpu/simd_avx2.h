@@ -58,7 +58,8 @@ struct VF32 {
   // into a number).
   friend VF32 times_pow2(VF32 p, VF32 t) {
     const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(t.v), 23);
-    return {_mm256_mul_ps(p.v, _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32(127 << 23))))};
+    const __m256i pow2 = _mm256_add_epi32(e, _mm256_set1_epi32(127 << 23));
+    return {_mm256_mul_ps(p.v, _mm256_castsi256_ps(pow2))};
   }
   float reduce_max() const {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -101,7 +102,8 @@ struct VF64 {
   }
   friend VF64 times_pow2(VF64 p, VF64 t) {  // as VF32's, -1022 < n < 1024
     const __m256i e = _mm256_slli_epi64(_mm256_castpd_si256(t.v), 52);
-    return {_mm256_mul_pd(p.v, _mm256_castsi256_pd(_mm256_add_epi64(e, _mm256_set1_epi64x(int64_t(1023) << 52))))};
+    const __m256i pow2 = _mm256_add_epi64(e, _mm256_set1_epi64x(int64_t(1023) << 52));
+    return {_mm256_mul_pd(p.v, _mm256_castsi256_pd(pow2))};
   }
   double reduce_max() const {
     __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));

@@ -56,7 +56,8 @@ struct VF32 {
   // into a number).
   friend VF32 times_pow2(VF32 p, VF32 t) {
     const __m512i e = _mm512_slli_epi32(_mm512_castps_si512(t.v), 23);
-    return {_mm512_mul_ps(p.v, _mm512_castsi512_ps(_mm512_add_epi32(e, _mm512_set1_epi32(127 << 23))))};
+    const __m512i pow2 = _mm512_add_epi32(e, _mm512_set1_epi32(127 << 23));
+    return {_mm512_mul_ps(p.v, _mm512_castsi512_ps(pow2))};
   }
   float reduce_max() const { return _mm512_reduce_max_ps(v); }
   float reduce_add() const { return _mm512_reduce_add_ps(v); }
@@ -89,7 +90,8 @@ struct VF64 {
   }
   friend VF64 times_pow2(VF64 p, VF64 t) {  // as VF32's, -1022 < n < 1024
     const __m512i e = _mm512_slli_epi64(_mm512_castpd_si512(t.v), 52);
-    return {_mm512_mul_pd(p.v, _mm512_castsi512_pd(_mm512_add_epi64(e, _mm512_set1_epi64(int64_t(1023) << 52))))};
+    const __m512i pow2 = _mm512_add_epi64(e, _mm512_set1_epi64(int64_t(1023) << 52));
+    return {_mm512_mul_pd(p.v, _mm512_castsi512_pd(pow2))};
   }
   double reduce_max() const { return _mm512_reduce_max_pd(v); }
   double reduce_add() const { return _mm512_reduce_add_pd(v); }

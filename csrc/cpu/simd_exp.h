@@ -46,8 +46,8 @@ template <> struct Exp2Constants<double> {
 // kClamp = false is for softmax arguments s - max: the same result for every x up to `hi` (and
 // exactly 0 below `lo`, by the final mask alone), an unspecified one above `hi` (the lazy softmax
 // redoes any tile whose arguments exceed its small headroom). It saves the clamp's max and min,
-// which compete with the FMAs for their two pipes: about 2 of the ~9 cycles an exp2 of 8 floats costs
-// in the prefill kernel.
+// which compete with the FMAs for their two pipes: about 2 of the ~9 cycles an exp2 of 8 floats
+// costs in the prefill kernel.
 template <class V, bool kClamp = true>
 static inline V exp2_poly(V x) {
   using T = typename V::T;

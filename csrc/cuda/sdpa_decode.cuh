@@ -180,7 +180,8 @@ __global__ void __launch_bounds__(kThreads) sdpa_decode_kernel(const SdpaParams 
         const T alpha = exp2_(m[r] - base);
         l[r] *= alpha;
 #pragma unroll
-        for (int e = 0; e < kEPL; ++e) acc[r][e] = alpha == T(0) ? T(0) : acc[r][e] * alpha;  // weight 0: skipped
+        for (int e = 0; e < kEPL; ++e)  // alpha 0: the values so far have weight 0, skipped
+          acc[r][e] = alpha == T(0) ? T(0) : acc[r][e] * alpha;
         m[r] = mx;
       }
       const T w = exp2_(s - base);

@@ -153,7 +153,8 @@ __global__ void __launch_bounds__(256) sdpa_fma_kernel(const SdpaParams p) {
       m[i] = mx;
       l[i] *= alpha;
 #pragma unroll
-      for (int c = 0; c < C::kCols; ++c) o[i][c] = alpha == T(0) ? T(0) : o[i][c] * alpha;  // weight 0: skipped
+      for (int c = 0; c < C::kCols; ++c)  // alpha 0: the values so far have weight 0, skipped
+        o[i][c] = alpha == T(0) ? T(0) : o[i][c] * alpha;
     }
     __syncthreads();  // every thread is done with K^T: P^T goes over it
 #pragma unroll
