@@ -1,6 +1,6 @@
 // The SIMD wrapper the kernels are written against, AVX2 + FMA flavour: 8 floats or 4 doubles.
-// Included only by kernels_avx2.cpp; its lane sums' hadd tree is in simd_lane_sums256.h, shared
-// with the AVX-512 wrapper.
+// Included only by kernels_avx2.cpp; its lane sums' hadd tree and its transposes are in
+// simd_lane_sums256.h and simd_transpose256.h, shared with the AVX-512 wrapper.
 #pragma once
 
 #include <immintrin.h>
@@ -10,6 +10,7 @@
 #include "cpu/half.h"
 #include "cpu/simd_exp.h"
 #include "cpu/simd_lane_sums256.h"
+#include "cpu/simd_transpose256.h"
 
 namespace fastattn {
 namespace FASTATTN_ISA {
@@ -134,6 +135,20 @@ static inline VF64 lane_sums(const VF64* a) {
   __m256d v[4];
   for (int r = 0; r < 4; ++r) v[r] = a[r].v;
   return {lane_sums4(v)};
+}
+
+// a[k] becomes column k of the W x W matrix whose rows were a[0..W-1].
+static inline void transpose(VF32* a) {
+  __m256 v[8];
+  for (int r = 0; r < 8; ++r) v[r] = a[r].v;
+  transpose8(v);
+  for (int r = 0; r < 8; ++r) a[r].v = v[r];
+}
+static inline void transpose(VF64* a) {
+  __m256d v[4];
+  for (int r = 0; r < 4; ++r) v[r] = a[r].v;
+  transpose4(v);
+  for (int r = 0; r < 4; ++r) a[r].v = v[r];
 }
 
 template <class T> struct VecOf;

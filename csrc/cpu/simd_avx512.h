@@ -9,6 +9,7 @@
 #include "cpu/half.h"
 #include "cpu/simd_exp.h"
 #include "cpu/simd_lane_sums256.h"
+#include "cpu/simd_transpose256.h"
 
 namespace fastattn {
 namespace FASTATTN_ISA {
@@ -116,6 +117,43 @@ static inline VF64 lane_sums(const VF64* a) {
   for (int r = 0; r < 8; ++r)
     h[r] = _mm256_add_pd(_mm512_castpd512_pd256(a[r].v), _mm512_extractf64x4_pd(a[r].v, 1));
   return {_mm512_insertf64x4(_mm512_castpd256_pd512(lane_sums4(h)), lane_sums4(h + 4), 1)};
+}
+
+// a[k] becomes column k of the W x W matrix whose rows were a[0..W-1]: the four 8 x 8 (4 x 4)
+// blocks of 256-bit halves are transposed by the AVX2 shuffles, and the off-diagonal ones swapped.
+static inline void transpose(VF32* a) {
+  __m256 top_left[8], top_right[8], bottom_left[8], bottom_right[8];
+  for (int r = 0; r < 8; ++r) {
+    top_left[r] = _mm512_castps512_ps256(a[r].v);
+    top_right[r] = _mm512_extractf32x8_ps(a[r].v, 1);
+    bottom_left[r] = _mm512_castps512_ps256(a[r + 8].v);
+    bottom_right[r] = _mm512_extractf32x8_ps(a[r + 8].v, 1);
+  }
+  transpose8(top_left);
+  transpose8(top_right);
+  transpose8(bottom_left);
+  transpose8(bottom_right);
+  for (int r = 0; r < 8; ++r) {
+    a[r].v = _mm512_insertf32x8(_mm512_castps256_ps512(top_left[r]), bottom_left[r], 1);
+    a[r + 8].v = _mm512_insertf32x8(_mm512_castps256_ps512(top_right[r]), bottom_right[r], 1);
+  }
+}
+static inline void transpose(VF64* a) {
+  __m256d top_left[4], top_right[4], bottom_left[4], bottom_right[4];
+  for (int r = 0; r < 4; ++r) {
+    top_left[r] = _mm512_castpd512_pd256(a[r].v);
+    top_right[r] = _mm512_extractf64x4_pd(a[r].v, 1);
+    bottom_left[r] = _mm512_castpd512_pd256(a[r + 4].v);
+    bottom_right[r] = _mm512_extractf64x4_pd(a[r + 4].v, 1);
+  }
+  transpose4(top_left);
+  transpose4(top_right);
+  transpose4(bottom_left);
+  transpose4(bottom_right);
+  for (int r = 0; r < 4; ++r) {
+    a[r].v = _mm512_insertf64x4(_mm512_castpd256_pd512(top_left[r]), bottom_left[r], 1);
+    a[r + 4].v = _mm512_insertf64x4(_mm512_castpd256_pd512(top_right[r]), bottom_right[r], 1);
+  }
 }
 
 template <class T> struct VecOf;

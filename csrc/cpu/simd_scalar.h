@@ -49,6 +49,10 @@ static inline VScalar<T> vexp2_softmax(VScalar<T> x) { return vexp2(x); }
 template <class T>
 static inline VScalar<T> lane_sums(const VScalar<T>* a) { return a[0]; }
 
+// Transposes a W x W block in place (one lane: nothing to do).
+template <class T>
+static inline void transpose(VScalar<T>*) {}
+
 template <class T> struct VecOf { using type = VScalar<T>; };
 
 }  // namespace FASTATTN_ISA
