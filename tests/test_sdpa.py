@@ -54,6 +54,23 @@ def test_large_magnitude_inputs(rng, dtype, d):
     check_sdpa(q, k, v, causal="bottom_right")
 
 
+@pytest.mark.parametrize("rise", [0.02, 0.2, 0.6, 2.0, 6.0])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_scores_rising_across_key_tiles(rng, dtype, rise):
+    # Scores grow by `rise` per key towards the first key, and the kernel visits key tiles last to
+    # first: each tile's max exceeds the running max by about rise * tile length (times log2 e in
+    # the kernel's base 2). Small rises stay within the lazy path's headroom, middle ones make it
+    # rescale the tile, large ones redo it the classic way; the tile lengths of every ISA (48, 64,
+    # 96 keys) meet all three.
+    dt = dtype_from_name(dtype)
+    lq, lk = 40, 500
+    q, k, v = make_qkv(rng, batch=(2,), hq=2, lq=lq, lk=lk, d=16, dtype=dt)
+    q[..., 0] = 1
+    k[..., 0] = rise * (lk - np.arange(lk))
+    check_sdpa(q, k, v, scale=1.0)
+    check_sdpa(q, k, v, scale=1.0, causal="bottom_right")
+
+
 def test_2d_inputs(rng):
     for lq, lk in [(1, 1), (7, 65), (65, 7), (130, 130)]:
         q, k, v = make_qkv(rng, lq=lq, lk=lk, d=17, dv=9, two_d=True)

@@ -527,6 +527,30 @@ struct SdpaPlan {
     for (int64_t y = y0; y < p.dv; ++y) from_compute(lc == T(0) ? T(0) : o[y * o_dim] * inv, dst + y);
   }
 
+  // A lazy tile (S^T rows [0, rows), weights 2^(s - m), its max per query in alpha, its sums in
+  // tsum) where some query's max exceeds m + headroom: that query takes the tile's max as its new
+  // m, and its weights, tile sum, l and O are multiplied by alpha = 2^(m_old - m_new), as the
+  // classic path rescales O. Weights up to 2^kLazyReach are finite, so nothing is lost, and
+  // re-scoring the tile (half its FMAs) is avoided: peaked rows (unscaled dot products, trained
+  // models' logits) raise their max often. Queries within the headroom keep m (alpha = 1 exactly).
+  void rescale_lazy_tile(const Item& it, int64_t rows, T headroom) const {
+    const int64_t ld = it.cols_pad;
+    for (int64_t c0 = 0; c0 < ld; c0 += W) {
+      const V m_old = V::load(it.m + c0), tile_max = V::load(it.alpha + c0);
+      const V m_new = select_lt(m_old + V::set1(headroom), tile_max, tile_max, m_old);
+      const V alpha = vexp2(m_old - m_new);
+      m_new.store(it.m + c0);
+      alpha.store(it.alpha + c0);
+      (V::load(it.l + c0) * alpha).store(it.l + c0);
+      (V::load(it.tsum + c0) * alpha).store(it.tsum + c0);
+    }
+    for (int64_t c0 = 0; c0 < ld; c0 += W) {
+      const V alpha = V::load(it.alpha + c0);
+      for (int64_t j = 0; j < rows; ++j) (V::load(it.st + j * ld + c0) * alpha).store(it.st + j * ld + c0);
+      for (int64_t y = 0; y < p.dv; ++y) (V::load(it.o + y * ld + c0) * alpha).store(it.o + y * ld + c0);
+    }
+  }
+
   // The key range of split s of an item: whole tiles, in order (empty for splits past the end).
   void narrow_to_split(Item& it, int64_t s) const {
     if (splits == 1) return;
@@ -623,11 +647,13 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
 
   // Lazy rescaling: once every query has a finite running max m, an unmasked tile is exponentiated
   // against that m block by block, right after scoring (no max pass, no rescale of O: softmax is
-  // shift-invariant, and lse = m + log l stays consistent). A tile that would give some weight
-  // above 2^kLazyHeadroom is redone the classic way with a fresh max, so sums cannot overflow.
+  // shift-invariant, and lse = m + log l stays consistent). No weight may stay above
+  // 2^kLazyHeadroom, so sums cannot overflow: a tile whose max exceeds some query's m by more
+  // than that, but by at most kLazyReach, is rescaled (rescale_lazy_tile); a larger jump is redone
+  // the classic way with a fresh max.
   // Tiles are visited last to first: under causal masking the first one visited is then the
   // diagonal tile, which needs the classic path for its mask anyway and sets m for all the rest.
-  constexpr T kLazyHeadroom = T(8);
+  constexpr T kLazyHeadroom = T(8), kLazyReach = T(64);
   bool m_ready = false;
   const int64_t tiles = max64(0, it.key_end - it.key_begin + BN - 1) / BN;
   for (int64_t t = tiles - 1; t >= 0; --t) {
@@ -643,7 +669,12 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
           score_micro<V, R, NVb>(it.krows + j, it.q + c0, ld, d, it.st + j * ld + c0, ld);
           exp_block<V, R, NVb>(it.st + j * ld + c0, ld, it.m + c0, tmax + c0, it.tsum + c0, n - j);
         }
-      for (int64_t c = 0; c < ld && lazy; ++c) lazy = !(tmax[c] > it.m[c] + kLazyHeadroom);
+      bool rescale = false;
+      for (int64_t c = 0; c < ld && lazy; ++c) {
+        lazy = !(tmax[c] > it.m[c] + kLazyReach);
+        rescale = rescale || tmax[c] > it.m[c] + kLazyHeadroom;
+      }
+      if (lazy && rescale) rescale_lazy_tile(it, n_pad, kLazyHeadroom);
       if (lazy)
         for (int64_t c = 0; c < ld; ++c) it.l[c] += it.tsum[c];
     }
