@@ -653,7 +653,10 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
   // the classic way with a fresh max.
   // Tiles are visited last to first: under causal masking the first one visited is then the
   // diagonal tile, which needs the classic path for its mask anyway and sets m for all the rest.
-  constexpr T kLazyHeadroom = T(8), kLazyReach = T(64);
+  // kLazyReach: weights below 2^120 and a tile's sum of at most 128 of them stay finite in
+  // float32, and the exp2 without its clamp is exact up to 2^127.
+  constexpr T kLazyHeadroom = T(8), kLazyReach = T(120);
+  static_assert(BN <= 128, "a lazy tile's sum of weights below 2^120 must stay below 2^127");
   bool m_ready = false;
   const int64_t tiles = max64(0, it.key_end - it.key_begin + BN - 1) / BN;
   for (int64_t t = tiles - 1; t >= 0; --t) {
