@@ -21,16 +21,19 @@ struct LinearPlan {
   static constexpr int64_t NR = int64_t(NV) * W;  // rows of x per work item
 
   const LinearParams& p;
-  int64_t blocks, n_pad, off_yt, off_zero;
+  int64_t blocks, n_pad, off_yt, off_zero, off_rows;
   size_t scratch_bytes;
 
+  // Scratch (elements of T): x^T, y^T, a zero row, then W's row pointers. The pointers start
+  // where the layout says, not at a rounded total: with float64's 12-row blocks and an odd k
+  // the rounded total fell short of them, and the last pointers overran the block.
   explicit LinearPlan(const LinearParams& params) : p(params) {
     blocks = (p.m + NR - 1) / NR;
     n_pad = round_up(max64(p.n, 1), R);
     off_yt = p.k * NR;
     off_zero = off_yt + n_pad * NR;
-    const int64_t elems = round_up(off_zero + p.k + 1, 8);
-    scratch_bytes = size_t(elems) * sizeof(T) + size_t(n_pad) * sizeof(const T*);
+    off_rows = off_zero + round_up(p.k + 1, 8);
+    scratch_bytes = size_t(off_rows) * sizeof(T) + size_t(n_pad) * sizeof(const T*);
   }
 
   // Rows [i0, i0 + NR) of y: x^T packed (k x NR, zero columns past m), y^T = W x^T by R rows of W
@@ -40,17 +43,41 @@ struct LinearPlan {
     T* xt = scratch;
     T* yt = scratch + off_yt;
     T* zero_row = scratch + off_zero;
-    const T** wrows = reinterpret_cast<const T**>(zero_row + round_up(p.k + 1, 8));
+    const T** wrows = reinterpret_cast<const T**>(scratch + off_rows);
     for (int64_t x = 0; x < p.k + 1; ++x) zero_row[x] = T(0);
     const T* x = static_cast<const T*>(p.x) + i0 * p.x_row_stride;
-    for (int64_t c = 0; c < NR; ++c)
+    // x^T and y by W x W register transposes where whole blocks fit, element by element at the
+    // edges: one element at a time they took as long as the product itself at k = n = 64.
+    const int64_t k_whole = p.k / W * W, n_whole = p.n / W * W;
+    int64_t c0 = 0;
+    for (; c0 + W <= rows; c0 += W) {
+      for (int64_t a0 = 0; a0 < k_whole; a0 += W) {
+        V block[W];
+        for (int r = 0; r < W; ++r) block[r] = V::load(x + (c0 + r) * p.x_row_stride + a0);
+        transpose(block);
+        for (int r = 0; r < W; ++r) block[r].store(xt + (a0 + r) * NR + c0);
+      }
+      for (int64_t a = k_whole; a < p.k; ++a)
+        for (int r = 0; r < W; ++r) xt[a * NR + c0 + r] = x[(c0 + r) * p.x_row_stride + a];
+    }
+    for (int64_t c = c0; c < NR; ++c)
       for (int64_t a = 0; a < p.k; ++a) xt[a * NR + c] = c < rows ? x[c * p.x_row_stride + a] : T(0);
     const T* w = static_cast<const T*>(p.w);
     for (int64_t j = 0; j < n_pad; ++j) wrows[j] = j < p.n ? w + j * p.k : zero_row;
     for (int64_t j = 0; j < n_pad; j += R) score_micro<V, R, NV>(wrows + j, xt, NR, p.k, yt + j * NR, NR);
     const T* b = static_cast<const T*>(p.b);
     T* y = static_cast<T*>(p.y) + i0 * p.n;
-    for (int64_t c = 0; c < rows; ++c)
+    for (c0 = 0; c0 + W <= rows; c0 += W) {
+      for (int64_t j0 = 0; j0 < n_whole; j0 += W) {
+        V block[W];
+        for (int r = 0; r < W; ++r) block[r] = V::load(yt + (j0 + r) * NR + c0);
+        transpose(block);
+        for (int r = 0; r < W; ++r) (b ? block[r] + V::load(b + j0) : block[r]).store(y + (c0 + r) * p.n + j0);
+      }
+      for (int r = 0; r < W; ++r)
+        for (int64_t j = n_whole; j < p.n; ++j) y[(c0 + r) * p.n + j] = b ? yt[j * NR + c0 + r] + b[j] : yt[j * NR + c0 + r];
+    }
+    for (int64_t c = c0; c < rows; ++c)
       for (int64_t j = 0; j < p.n; ++j) y[c * p.n + j] = b ? yt[j * NR + c] + b[j] : yt[j * NR + c];
   }
 };
