@@ -987,3 +987,21 @@ def test_single_query_mask_is_shaped_like_its_weights(rng):
 def test_single_query_takes_a_0d_mask(rng, mask):
     q, k = rng.standard_normal(4), rng.standard_normal((5, 4))
     np.testing.assert_array_equal(fastattn.attention(q, k, attn_mask=mask), fastattn.attention(q, k))
+
+
+@pytest.mark.parametrize("score", ["scaled_dot", "cosine", "general", "biased_general", "additive"])
+def test_results_outlive_the_next_call(rng, score):
+    # The scaled, normalised or projected queries and keys live in this thread's reusable scratch
+    # buffers: a result must not share them, nor change when the next call reuses them.
+    params = {"general": lambda: {"W": randn(rng, (16, 16))},
+              "biased_general": lambda: {"W": randn(rng, (16, 16)), "b": randn(rng, (16,))},
+              "additive": lambda: {"W_q": randn(rng, (8, 16)), "W_k": randn(rng, (8, 16)),
+                                   "w": randn(rng, (8,))}}.get(score, lambda: None)
+    first = [randn(rng, (3, 40, 16)), randn(rng, (3, 50, 16)), randn(rng, (3, 50, 8)), params()]
+    out = fastattn.attention(*first[:3], score=score, params=first[3])
+    kept = out.copy()
+    second = [randn(rng, (3, 40, 16)), randn(rng, (3, 50, 16)), randn(rng, (3, 50, 8)), params()]
+    out2 = fastattn.attention(*second[:3], score=score, params=second[3])
+    assert np.array_equal(out, kept)
+    assert not np.shares_memory(out, out2)
+    assert np.array_equal(out, fastattn.attention(*first[:3], score=score, params=first[3]))

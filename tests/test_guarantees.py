@@ -837,6 +837,14 @@ def _attention_call(rng, align, score="additive"):
                                            return_weights=True))
 
 
+def _attention_sdpa_call(rng, score):
+    # The dot-type scores run on SDPA; their scaled, normalised or projected queries and keys live
+    # in per-thread scratch buffers (fastattn._scratch).
+    q, k, v = randn(rng, (2, 90, 16)), randn(rng, (2, 130, 16)), randn(rng, (2, 130, 8))
+    params = {"W": randn(rng, (16, 16))} if score == "general" else None
+    return lambda: [fastattn.attention(q, k, v, score=score, params=params)]
+
+
 def _output_layer_call(rng):
     c, w, b = randn(rng, (200, 64)), randn(rng, (300, 64)), randn(rng, (300,))
     return lambda: [fastattn.output_layer(c, w, b)]
@@ -888,6 +896,9 @@ CALLS = table("concurrency", [
     ("scaled_dot_product_attention: decoding (split-KV)", _sdpa_decode_call),
 ] + [(f"attention: additive {align}", lambda rng, a=align: _attention_call(rng, a)) for align in ALIGNS] + [
     ("attention: dot softmax", lambda rng: _attention_call(rng, "softmax", "dot")),
+    ("attention: general (SDPA path)", lambda rng: _attention_sdpa_call(rng, "general")),
+    ("attention: cosine (SDPA path)", lambda rng: _attention_sdpa_call(rng, "cosine")),
+    ("attention: scaled_dot (SDPA path)", lambda rng: _attention_sdpa_call(rng, "scaled_dot")),
     ("output_layer", _output_layer_call),
     ("vector_attention: dense, groups", lambda rng: _vector_call(rng, "dense", False)),
     ("vector_attention: dense, weight MLP", lambda rng: _vector_call(rng, "dense", True)),

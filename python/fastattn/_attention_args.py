@@ -17,7 +17,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _cpu, _dtypes
+from . import _cpu, _dtypes, _scratch
 from ._linear import project
 from ._sdpa_args import broadcast_batch, mask_operand
 
@@ -85,11 +85,11 @@ def _shape_check(a: np.ndarray, shape: Tuple[int, ...], name: str, meaning: str)
         raise ValueError(f"params[{name!r}] must have shape {shape} ({meaning}), got {a.shape}")
 
 
-def _normalised(x: np.ndarray) -> np.ndarray:
+def _normalised(x: np.ndarray, slot: str) -> np.ndarray:
     """x / |x| per row by fastattn's kernel (one pass for the norm, one to scale; NumPy's einsum and
     divide took 15% of the attention's time). A zero row stays zero; rows whose squared norm under-
     or overflows are scaled by their largest element first, so tiny vectors get their true cosine."""
-    unit = np.empty(x.shape, x.dtype)
+    unit = _scratch.array(slot, x.shape, x.dtype)
     if unit.size:
         rows = x.reshape(-1, x.shape[-1])  # a view where the layout allows
         if not (rows.flags.c_contiguous and rows.flags.aligned):
@@ -143,16 +143,19 @@ def prepare(
     kind, act, bias, w = DOT, 0, 0.0, None
     if score in ("dot", "scaled_dot", "cosine") and dq != dk:
         raise ValueError(f"score {score!r} needs query and keys of one width: query {q.shape}, keys {k.shape}")
+    # The scaled, normalised or projected queries and keys are temporaries of this call: they
+    # live in this thread's reusable buffers (fastattn._scratch), not in fresh arrays.
     if score == "scaled_dot":
-        q = q * cdt.type(1.0 / math.sqrt(dk) if dk else 1.0)
+        scale = cdt.type(1.0 / math.sqrt(dk) if dk else 1.0)
+        q = np.multiply(q, scale, out=_scratch.array("q", q.shape, cdt))
     elif score == "cosine":
-        q, k = _normalised(q), _normalised(k)
+        q, k = _normalised(q, "q"), _normalised(k, "k")
     elif score in ("general", "biased_general", "activated_general"):
         _shape_check(arrays["W"], (dk, dq), "W", "(dk, dq)")
         biased = score == "biased_general"
         if biased:
             _shape_check(arrays["b"], (dk,), "b", "(dk,)")
-        q = project(q, arrays["W"], arrays["b"] if biased else None)
+        q = project(q, arrays["W"], arrays["b"] if biased else None, scratch_slot="q")
         if score == "activated_general":
             kind = ACTIVATED
             act = ACTIVATIONS[_name(params.get("act", "tanh"), "act", tuple(ACTIVATIONS))]
@@ -171,8 +174,8 @@ def prepare(
         _shape_check(w_k, (da, dk), "W_k", "(da, dk)")
         if "b" in arrays:
             _shape_check(arrays["b"], (da,), "b", "(da,)")
-        q = project(q, w_q, arrays.get("b"))
-        k = project(k, w_k)
+        q = project(q, w_q, arrays.get("b"), scratch_slot="q")
+        k = project(k, w_k, scratch_slot="k")
         w = w.copy(order="C")  # contiguous and aligned (a few da values)
         kind, act = ADDITIVE, ACTIVATIONS[_name(params.get("act", "tanh"), "act", tuple(ACTIVATIONS))]
     if align == "hard" and cdt == np.float32 and lk > 1 << 24:

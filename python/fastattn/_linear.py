@@ -11,12 +11,14 @@ from typing import Optional
 
 import numpy as np
 
-from . import _cpu
+from . import _cpu, _scratch
 
 
-def project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None) -> np.ndarray:
+def project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None,
+            scratch_slot: Optional[str] = None) -> np.ndarray:
     """x (..., k) @ weight.T (+ bias) -> (..., n), all rows at once, in weight's dtype (float32 or
-    float64); x is converted to it."""
+    float64); x is converted to it. With scratch_slot, the result lives in this thread's reusable
+    buffer of that name (fastattn._scratch): for temporaries only."""
     x = x.astype(weight.dtype, copy=False)
     m, n = math.prod(x.shape[:-1]), weight.shape[0]
     x2 = x.reshape(m, x.shape[-1])
@@ -24,6 +26,10 @@ def project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None
         x2 = x2.copy(order="C")  # rows contiguous and aligned, as the kernel reads them
     w = weight if weight.flags.c_contiguous and weight.flags.aligned else weight.copy(order="C")
     b = None if bias is None else bias.copy(order="C")
-    out = np.empty(x.shape[:-1] + (n,), weight.dtype)
+    shape = x.shape[:-1] + (n,)
+    if scratch_slot is None:
+        out = np.empty(shape, weight.dtype)
+    else:
+        out = _scratch.array(scratch_slot, shape, weight.dtype)
     _cpu.linear(x2, w, b, out.reshape(m, n))
     return out
