@@ -495,15 +495,18 @@ struct SdpaPlan {
     int64_t c0 = 0;
     for (; c0 + W <= it.cols; c0 += W) {
       E* dst[W];
-      for (int k = 0; k < W; ++k) dst[k] = output_row(it, c0 + k);
+      V inv[W];
+      bool seen[W];  // l != 0: some key had weight (else the row is exactly 0)
+      for (int k = 0; k < W; ++k) {
+        dst[k] = output_row(it, c0 + k);
+        seen[k] = it.l[c0 + k] != T(0);
+        inv[k] = V::set1(seen[k] ? T(1) / it.l[c0 + k] : T(0));
+      }
       for (int64_t y0 = 0; y0 < dv_whole; y0 += W) {
         V block[W];
         for (int k = 0; k < W; ++k) block[k] = V::load(it.o + (y0 + k) * o_dim + c0);
         transpose(block);
-        for (int k = 0; k < W; ++k) {
-          const T lc = it.l[c0 + k];
-          (lc == T(0) ? V::zero() : block[k] * V::set1(T(1) / lc)).store(dst[k] + y0);
-        }
+        for (int k = 0; k < W; ++k) (seen[k] ? block[k] * inv[k] : V::zero()).store(dst[k] + y0);
       }
       for (int k = 0; k < W; ++k) finish_dims(it, c0 + k, dv_whole, 1, o_dim, dst[k]);
     }
@@ -540,12 +543,8 @@ struct SdpaPlan {
       const V m_new = select_lt(m_old + V::set1(headroom), tile_max, tile_max, m_old);
       const V alpha = vexp2(m_old - m_new);
       m_new.store(it.m + c0);
-      alpha.store(it.alpha + c0);
       (V::load(it.l + c0) * alpha).store(it.l + c0);
       (V::load(it.tsum + c0) * alpha).store(it.tsum + c0);
-    }
-    for (int64_t c0 = 0; c0 < ld; c0 += W) {
-      const V alpha = V::load(it.alpha + c0);
       for (int64_t j = 0; j < rows; ++j) (V::load(it.st + j * ld + c0) * alpha).store(it.st + j * ld + c0);
       for (int64_t y = 0; y < p.dv; ++y) (V::load(it.o + y * ld + c0) * alpha).store(it.o + y * ld + c0);
     }
