@@ -989,6 +989,32 @@ def test_single_query_takes_a_0d_mask(rng, mask):
     np.testing.assert_array_equal(fastattn.attention(q, k, attn_mask=mask), fastattn.attention(q, k))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("score", ["scaled_dot", "general", "biased_general"])
+def test_sdpa_path_scales_and_projects_the_queries(rng, restore_threads, score, dtype, threads):
+    # Without weights, these scores run on the SDPA kernel, which scales or projects (W q + b)
+    # the queries itself as it packs them: on its row-wise (1-3 queries), narrow and blocked
+    # paths, with split-KV (one long row, 2 threads), over several work items, and with head
+    # dims that are not multiples of its register blocks.
+    fastattn.set_num_threads(threads)
+    dt = np.dtype(dtype)
+    for lq, lk, dq, dk, dv in [(1, 1000, 129, 65, 3), (3, 300, 17, 63, 17), (7, 65, 65, 257, 1),
+                               (200, 130, 63, 17, 65), (97, 7, 1, 3, 64)]:
+        if score == "scaled_dot":
+            dq = dk
+        q = randn(rng, (2, lq, dq), dt, in_scale(dq))
+        k = randn(rng, (2, lk, dk), dt, in_scale(dk))
+        v = randn(rng, (2, lk, dv), dt)
+        params = make_params(rng, score, dq, dk, 8, dt, 0) if score != "scaled_dot" else None
+        ctx = attention(q, k, v, score=score, params=params)
+        assert "sdpa" in fastattn.last_kernel(), fastattn.last_kernel()
+        ref, _ = attention_reference(q, k, v, score=score, align="softmax", params=params)
+        ctol = TOLERANCES[dtype_name(ctx.dtype)][1]
+        err = float(np.max(np.abs(ctx.astype(np.float64) - ref)))
+        assert err <= ctol * max(1.0, float(np.max(np.abs(ref)))), (lq, lk, dq, dk, dv, err)
+
+
 @pytest.mark.parametrize("score", ["scaled_dot", "cosine", "general", "biased_general", "additive"])
 def test_results_outlive_the_next_call(rng, score):
     # The scaled, normalised or projected queries and keys live in this thread's reusable scratch

@@ -193,7 +193,7 @@ struct MaskOperand {
 struct BoundCall {
   SdpaParams p;
   std::vector<int64_t> q_off, k_off, v_off, mask_off, lengths;
-  py::object mask_ref, lengths_ref;
+  py::object mask_ref, lengths_ref, q_proj_ref, q_proj_bias_ref;
   fastattn::cpu::Isa isa = fastattn::cpu::Isa::scalar;
 
   BoundCall(const BoundCall&) = delete;
@@ -201,7 +201,8 @@ struct BoundCall {
 
   BoundCall(py::handle q_handle, py::handle k_handle, py::handle v_handle, py::handle out_handle,
             py::handle lse, py::handle mask, py::handle kv_lengths, int dtype_code, double scale,
-            int64_t diag, int64_t left, int64_t right) {
+            int64_t diag, int64_t left, int64_t right, py::handle q_proj = py::none(),
+            py::handle q_proj_bias = py::none()) {
     if (dtype_code < 0 || dtype_code > 3) internal_error("unknown dtype code");
     const DType dtype = static_cast<DType>(dtype_code);
     Operands ops(q_handle, k_handle, v_handle, out_handle, 3, dtype_size(dtype));
@@ -216,8 +217,31 @@ struct BoundCall {
     p.dv = ops.out.shape(ndim - 1);
     p.hkv = k.shape(ndim - 3);
     p.lk = k.shape(ndim - 2);
-    p.d = q.shape(ndim - 1);
-    if (q.shape(ndim - 3) != p.hq || q.shape(ndim - 2) != p.lq || k.shape(ndim - 1) != p.d ||
+    p.d = k.shape(ndim - 1);
+    const int64_t compute_size = dtype == DType::f64 ? 8 : 4;
+    if (!q_proj.is_none()) {
+      // Query rows of width dq, attended with W q + b (W (d, dq), b (d,) or None).
+      py::array w = as_array(q_proj, "q_proj");
+      p.dq = q.shape(ndim - 1);
+      if (w.ndim() != 2 || w.shape(0) != p.d || w.shape(1) != p.dq || w.itemsize() != compute_size ||
+          !(w.flags() & py::array::c_style))
+        internal_error("q_proj is not a C-contiguous (d, dq) array of the compute dtype");
+      check_aligned(w, "q_proj");
+      p.q_proj = w.data();
+      q_proj_ref = w;
+      if (!q_proj_bias.is_none()) {
+        py::array b = as_array(q_proj_bias, "q_proj_bias");
+        if (b.ndim() != 1 || b.shape(0) != p.d || b.itemsize() != compute_size ||
+            !(b.flags() & py::array::c_style))
+          internal_error("q_proj_bias is not a contiguous (d,) array of the compute dtype");
+        check_aligned(b, "q_proj_bias");
+        p.q_proj_bias = b.data();
+        q_proj_bias_ref = b;
+      }
+    } else if (q.shape(ndim - 1) != p.d || !q_proj_bias.is_none()) {
+      internal_error("query and key widths differ, or a bias without a projection");
+    }
+    if (q.shape(ndim - 3) != p.hq || q.shape(ndim - 2) != p.lq ||
         v.shape(ndim - 3) != p.hkv || v.shape(ndim - 2) != p.lk || v.shape(ndim - 1) != p.dv ||
         (p.hkv == 0 ? p.hq != 0 : p.hq % p.hkv != 0))
       internal_error("inconsistent shapes");
@@ -239,7 +263,6 @@ struct BoundCall {
     p.v_head_stride = ops.stride(v, 3);
     p.v_row_stride = ops.stride(v, 2);
 
-    const int64_t compute_size = dtype == DType::f64 ? 8 : 4;
     if (!lse.is_none()) {
       py::array lse_array = as_array(lse, "lse");
       if (lse_array.size() != p.batch * p.hq * p.lq || lse_array.itemsize() != compute_size ||
@@ -293,8 +316,9 @@ struct BoundCall {
 
 py::str sdpa(py::handle q, py::handle k, py::handle v, py::handle out, py::handle lse,
              py::handle mask, py::handle kv_lengths, int dtype_code, double scale, int64_t diag,
-             int64_t left, int64_t right) {
-  const BoundCall call(q, k, v, out, lse, mask, kv_lengths, dtype_code, scale, diag, left, right);
+             int64_t left, int64_t right, py::handle q_proj, py::handle q_proj_bias) {
+  const BoundCall call(q, k, v, out, lse, mask, kv_lengths, dtype_code, scale, diag, left, right,
+                       q_proj, q_proj_bias);
   call.run(call.p);
   return kernel_name(call.isa, call.p.dtype);
 }
@@ -686,9 +710,12 @@ PYBIND11_MODULE(_cpu, m) {
   m.doc() = "fastattn CPU kernels (scalar, AVX2, AVX-512), chosen at run time";
   m.def("sdpa", &sdpa, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
         py::arg("mask"), py::arg("kv_lengths"), py::arg("dtype_code"), py::arg("scale"),
-        py::arg("diag"), py::arg("left"), py::arg("right"),
+        py::arg("diag"), py::arg("left"), py::arg("right"), py::arg("q_proj") = py::none(),
+        py::arg("q_proj_bias") = py::none(),
         "Fused scaled-dot-product attention on normalised operands; returns the kernel's name. "
-        "Private: call fastattn.scaled_dot_product_attention.");
+        "With q_proj (d, dq) (and q_proj_bias (d,)), queries of width dq are attended with "
+        "q_proj q + q_proj_bias. Private: call fastattn.scaled_dot_product_attention or "
+        "fastattn.attention.");
   py::class_<SdpaPlan>(m, "SdpaPlan",
                        "A memoised scaled_dot_product_attention call (private: see _sdpa_args).")
       .def(py::init<py::handle, py::handle, py::handle, py::handle, py::handle, int, double,

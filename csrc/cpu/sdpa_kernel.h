@@ -104,6 +104,15 @@ static inline bool rows_finite(const typename V::T* const* rows, int64_t n, int6
   return ((c0 + c1) + (c2 + c3)).reduce_add() == typename V::T(0);
 }
 
+// The tail x0 .. n of dot(a, b), one element at a time (the first x0 went W lanes at a time).
+template <class V>
+static inline typename V::T dot_tail(const typename V::T* a, const typename V::T* b, int64_t x0,
+                                     int64_t n) {
+  typename V::T s = 0;
+  for (int64_t x = x0; x < n; ++x) s += a[x] * b[x];
+  return s;
+}
+
 // S^T[R x NV*W] = K[R rows, each its own pointer][d] . Q^T[d x NV*W].
 // The dot products are summed in chunks of kDotChunk terms, each chunk from zero, then the chunks:
 // for long head dims that keeps the rounding error near that of a k-blocked GEMM.
@@ -234,10 +243,10 @@ struct SdpaPlan {
   int64_t cols_cap;       // columns (queries) per item, padded to whole register blocks
   // Scratch layout (elements of T): Q, S^T, O, m, l, alpha (also a tile's max on the lazy path),
   // a tile's sum of weights (lazy path), a tile's output rows (row-wise path),
-  // widened K and V tiles, a zero row,
+  // widened K and V tiles, a zero row, the query rows before their projection (with q_proj),
   // then the key and value row pointers.
   int64_t off_st, off_o, off_m, off_l, off_alpha, off_tsum, off_acc, off_kw, off_vw, off_zero,
-      scratch_elems;
+      off_xq, scratch_elems;
   size_t scratch_bytes;
 
   explicit SdpaPlan(const SdpaParams& params) : p(params) {
@@ -258,7 +267,8 @@ struct SdpaPlan {
     off_kw = off_acc + kRowwiseMaxCols * p.dv;
     off_vw = off_kw + (kWiden ? BN * p.d : 0);
     off_zero = off_vw + (kWiden ? BN * p.dv : 0);
-    scratch_elems = round_up(off_zero + width + MRmax, 8);
+    off_xq = round_up(off_zero + width + MRmax, 8);
+    scratch_elems = round_up(off_xq + (p.q_proj ? p.dq * cols_cap : 0), 8);
     scratch_bytes = size_t(scratch_elems) * sizeof(T) + 2 * size_t(BN) * sizeof(const T*);
   }
 
@@ -328,32 +338,92 @@ struct SdpaPlan {
   // Scores are s * log2(e) (the softmax exponentiates with 2^x), so the scale takes log2(e).
   T query_scale() const { return T(p.scale * kLog2e); }
 
-  // Q^T[x][c] = scale * q_c[x] for the item's queries, W queries by W dims at a time through a
-  // register transpose (one by one at the ragged edges); padding columns are 0. Done one element
-  // at a time, this and finish's unpacking took about 4% of a (4,8,8,512,512,64) prefill.
-  void pack_queries(const Item& it) const {
-    const int64_t d = p.d, ld = it.cols_pad, d_whole = d / W * W;
-    const T scale = query_scale();
+  // dst[x][c] = scale * q_c[x] (x < width) for the item's queries, W queries by W dims at a time
+  // through a register transpose (one by one at the ragged edges); padding columns are 0. Done
+  // one element at a time, this and finish's unpacking took about 4% of a (4,8,8,512,512,64)
+  // prefill.
+  void pack_rows(const Item& it, int64_t width, T scale, T* dst) const {
+    const int64_t ld = it.cols_pad, whole = width / W * W;
     const V vscale = V::set1(scale);
     int64_t c0 = 0;
     for (; c0 + W <= it.cols; c0 += W) {
       const E* rows[W];
       for (int k = 0; k < W; ++k) rows[k] = query_row(it, c0 + k);
-      for (int64_t x0 = 0; x0 < d_whole; x0 += W) {
+      for (int64_t x0 = 0; x0 < whole; x0 += W) {
         V block[W];
         for (int k = 0; k < W; ++k) block[k] = V::load(rows[k] + x0) * vscale;
         transpose(block);
-        for (int k = 0; k < W; ++k) block[k].store(it.q + (x0 + k) * ld + c0);
+        for (int k = 0; k < W; ++k) block[k].store(dst + (x0 + k) * ld + c0);
       }
-      for (int64_t x = d_whole; x < d; ++x)
-        for (int k = 0; k < W; ++k) it.q[x * ld + c0 + k] = to_compute(rows[k][x]) * scale;
+      for (int64_t x = whole; x < width; ++x)
+        for (int k = 0; k < W; ++k) dst[x * ld + c0 + k] = to_compute(rows[k][x]) * scale;
     }
     for (int64_t c = c0; c < it.cols; ++c) {
       const E* qrow = query_row(it, c);
-      for (int64_t x = 0; x < d; ++x) it.q[x * ld + c] = to_compute(qrow[x]) * scale;
+      for (int64_t x = 0; x < width; ++x) dst[x * ld + c] = to_compute(qrow[x]) * scale;
     }
-    for (int64_t x = 0; x < d; ++x)
-      for (int64_t c = it.cols; c < ld; ++c) it.q[x * ld + c] = T(0);
+    for (int64_t x = 0; x < width; ++x)
+      for (int64_t c = it.cols; c < ld; ++c) dst[x * ld + c] = T(0);
+  }
+
+  // Q^T for the blocked path (column blocks of NRb queries). With a query projection, the rows
+  // go to X^T first and Q^T = scale * (W X^T + b) is computed by the score micro-kernel, W's
+  // rows as its keys, while X^T is in cache: the same arithmetic as the linear kernel's, without
+  // a separate pass (and parallel region) over all queries before the attention.
+  template <int R, int NVb>
+  void pack_queries(const Item& it, T* scratch) const {
+    if (!p.q_proj) return pack_rows(it, p.d, query_scale(), it.q);
+    constexpr int64_t NRb = int64_t(NVb) * W;
+    const int64_t d = p.d, dq = p.dq, ld = it.cols_pad;
+    T* xt = scratch + off_xq;
+    pack_rows(it, dq, T(1), xt);
+    const T* w = static_cast<const T*>(p.q_proj);
+    for (int64_t e0 = 0; e0 < d; e0 += R) {
+      const int64_t rows = min64(R, d - e0);
+      const T* wrows[R];
+      for (int r = 0; r < R; ++r) wrows[r] = w + (e0 + min64(r, rows - 1)) * dq;  // repeats: discarded
+      for (int64_t c0 = 0; c0 < ld; c0 += NRb) {
+        if (rows == R) {
+          score_micro<V, R, NVb>(wrows, xt + c0, ld, dq, it.q + e0 * ld + c0, ld);
+        } else {
+          T part[R * NRb];
+          score_micro<V, R, NVb>(wrows, xt + c0, ld, dq, part, NRb);
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t c = 0; c < NRb; ++c) it.q[(e0 + r) * ld + c0 + c] = part[r * NRb + c];
+        }
+      }
+    }
+    const T* b = static_cast<const T*>(p.q_proj_bias);
+    const V scale = V::set1(query_scale());
+    for (int64_t e = 0; e < d; ++e) {
+      T* row = it.q + e * ld;
+      const V be = V::set1(b ? b[e] : T(0));
+      for (int64_t c0 = 0; c0 < ld; c0 += W)
+        ((b ? V::load(row + c0) + be : V::load(row + c0)) * scale).store(row + c0);
+      for (int64_t c = it.cols; c < ld; ++c) row[c] = T(0);  // padding queries (X^T's are 0, b not)
+    }
+  }
+
+  // The row-wise path's query c: scale * q_c, or scale * (W q_c + b) with a query projection.
+  void load_query_row(const Item& it, int64_t c, T* dst, T* scratch) const {
+    const E* qrow = query_row(it, c);
+    const T scale = query_scale();
+    if (!p.q_proj) {
+      for (int64_t x = 0; x < p.d; ++x) dst[x] = to_compute(qrow[x]) * scale;
+      return;
+    }
+    const int64_t dq = p.dq, dq_vec = dq / W * W;
+    T* x = scratch + off_xq;
+    for (int64_t a = 0; a < dq; ++a) x[a] = to_compute(qrow[a]);
+    const T* w = static_cast<const T*>(p.q_proj);
+    const T* b = static_cast<const T*>(p.q_proj_bias);
+    for (int64_t e = 0; e < p.d; ++e) {
+      const T* we = w + e * dq;
+      V acc = V::zero();
+      for (int64_t a = 0; a < dq_vec; a += W) acc = fma(V::load(we + a), V::load(x + a), acc);
+      const T sum = acc.reduce_add() + dot_tail<V>(we, x, dq_vec, dq);
+      dst[e] = (b ? sum + b[e] : sum) * scale;
+    }
   }
 
   // Row pointers of keys and values j0 .. j0+n (widened first for float16/bfloat16); rows up to
@@ -641,7 +711,7 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
   Item it = locate(item, scratch, NRb);
   narrow_to_split(it, s);
   const int64_t d = p.d, dv = p.dv, ld = it.cols_pad;
-  pack_queries(it);
+  pack_queries<R, NVb>(it, scratch);
   for (int64_t i = 0; i < dv * ld; ++i) it.o[i] = T(0);
 
   // Lazy rescaling: once every query has a finite running max m, an unmasked tile is exponentiated
@@ -725,15 +795,6 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
     }
   }
   complete(it, item, s, 1, ld);
-}
-
-// dot(a, b) over n elements: W lanes at a time, the tail one by one.
-template <class V>
-static inline typename V::T dot_tail(const typename V::T* a, const typename V::T* b, int64_t x0,
-                                     int64_t n) {
-  typename V::T s = 0;
-  for (int64_t x = x0; x < n; ++x) s += a[x] * b[x];
-  return s;
 }
 
 // The row-wise path asks for the K and V rows this many keys ahead of the ones it computes with:
@@ -905,11 +966,7 @@ void SdpaPlan<E>::run_item_rowwise(int64_t item, int64_t s, T* scratch) const {
   Item it = locate(item, scratch, W);
   narrow_to_split(it, s);
   const int64_t d = p.d, dv = p.dv, ld = it.cols_pad, cols = it.cols;
-  const T scale = query_scale();
-  for (int64_t c = 0; c < cols; ++c) {
-    const E* qrow = query_row(it, c);
-    for (int64_t x = 0; x < d; ++x) it.q[c * d + x] = to_compute(qrow[x]) * scale;
-  }
+  for (int64_t c = 0; c < cols; ++c) load_query_row(it, c, it.q + c * d, scratch);
   for (int64_t i = cols * d; i < W * d; ++i) it.q[i] = T(0);  // padding queries of the score blocks
   for (int64_t i = 0; i < cols * dv; ++i) it.o[i] = T(0);
   // Columns past `cols` are never read back; keep their scores finite.

@@ -49,6 +49,13 @@ class AttentionCall(NamedTuple):
     batch: Tuple[int, ...]
     dtype: np.dtype  # of the results: the inputs' and params' common float dtype
     single_query: bool  # a 1-D query: the results drop the Lq dim
+    # On the SDPA kernel (softmax, a dot-reducible score, no weights asked for): its scale, and for
+    # general / biased_general the query projection it applies itself (W (d, dq), b (d,) or None),
+    # q then being the raw queries.
+    sdpa: bool
+    scale: float
+    q_proj: Optional[np.ndarray]
+    q_proj_bias: Optional[np.ndarray]
 
 
 def _name(value: Any, what: str, valid: Sequence[str]) -> str:
@@ -107,11 +114,13 @@ def _kernel_form(a: np.ndarray, cdt: np.dtype, ndim: int) -> np.ndarray:
 
 
 def prepare(
-    query: Any, keys: Any, values: Any, score: Any, align: Any, params: Any, attn_mask: Any
+    query: Any, keys: Any, values: Any, score: Any, align: Any, params: Any, attn_mask: Any,
+    return_weights: bool = False,
 ) -> AttentionCall:
     score = _name(score, "score", SCORES)
     score = "additive" if score == "concat" else score
     align = _name(align, "align", tuple(ALIGNS))
+    sdpa = align == "softmax" and score in DOT_REDUCIBLE and not return_weights
     params = _params(score, params)
     q, k = np.asarray(query), np.asarray(keys)
     v = k if values is None else np.asarray(values)
@@ -141,13 +150,18 @@ def prepare(
     arrays = {name: a.astype(cdt, copy=False) for name, a in arrays.items()}
 
     kind, act, bias, w = DOT, 0, 0.0, None
+    sdpa_scale, q_proj, q_proj_bias = 1.0, None, None
     if score in ("dot", "scaled_dot", "cosine") and dq != dk:
         raise ValueError(f"score {score!r} needs query and keys of one width: query {q.shape}, keys {k.shape}")
     # The scaled, normalised or projected queries and keys are temporaries of this call: they
-    # live in this thread's reusable buffers (fastattn._scratch), not in fresh arrays.
+    # live in this thread's reusable buffers (fastattn._scratch), not in fresh arrays. The SDPA
+    # kernel scales and projects the queries itself, as it packs them (no pass of their own).
     if score == "scaled_dot":
         scale = cdt.type(1.0 / math.sqrt(dk) if dk else 1.0)
-        q = np.multiply(q, scale, out=_scratch.array("q", q.shape, cdt))
+        if sdpa:
+            sdpa_scale = float(scale)
+        else:
+            q = np.multiply(q, scale, out=_scratch.array("q", q.shape, cdt))
     elif score == "cosine":
         q, k = _normalised(q, "q"), _normalised(k, "k")
     elif score in ("general", "biased_general", "activated_general"):
@@ -155,7 +169,12 @@ def prepare(
         biased = score == "biased_general"
         if biased:
             _shape_check(arrays["b"], (dk,), "b", "(dk,)")
-        q = project(q, arrays["W"], arrays["b"] if biased else None, scratch_slot="q")
+        if sdpa:
+            w_proj = arrays["W"]
+            q_proj = w_proj if w_proj.flags.c_contiguous and w_proj.flags.aligned else w_proj.copy(order="C")
+            q_proj_bias = arrays["b"].copy(order="C") if biased else None
+        else:
+            q = project(q, arrays["W"], arrays["b"] if biased else None, scratch_slot="q")
         if score == "activated_general":
             kind = ACTIVATED
             act = ACTIVATIONS[_name(params.get("act", "tanh"), "act", tuple(ACTIVATIONS))]
@@ -188,4 +207,7 @@ def prepare(
         if attn_mask.ndim > 0:
             attn_mask = attn_mask[..., None, :]
     mask = None if attn_mask is None else mask_operand(attn_mask, cdt, batch + (lq, lk))
-    return AttentionCall(score, align, q, k, v, mask, w, kind, act, bias, batch, dtype, single_query)
+    return AttentionCall(
+        score, align, q, k, v, mask, w, kind, act, bias, batch, dtype, single_query, sdpa,
+        sdpa_scale, q_proj, q_proj_bias,
+    )

@@ -31,6 +31,8 @@ def sdpa(
     diag: int,
     left: int,
     right: int,
+    q_proj: Optional[np.ndarray] = None,
+    q_proj_bias: Optional[np.ndarray] = None,
 ) -> str: ...
 
 class SdpaPlan:

@@ -167,9 +167,11 @@ def attention(
     ``b`` does not promote; float16 and bfloat16 are computed in float32).
 
     Paths: the dot-type scores (dot, scaled_dot, cosine, general, biased_general) are dot products
-    of transformed queries and keys (W q + b by fastattn's linear kernel, q / sqrt(dk), q / |q|, k / |k|);
-    with softmax and no weights asked for they run on the scaled_dot_product_attention kernel, and
-    otherwise, like activated_general and additive, on the fused general-attention kernel, which
+    of transformed queries and keys (W q + b, q / sqrt(dk), q / |q|, k / |k|); with softmax and no
+    weights asked for they run on the scaled_dot_product_attention kernel, which scales and
+    projects the queries itself as it packs them (W q + b by the same micro-kernel as fastattn's
+    linear kernel), and otherwise, like activated_general and additive (their projections by the
+    linear kernel), on the fused general-attention kernel, which
     keeps each query's whole row of scores (O(Lk) memory per query, as sparsemax and hard need).
     ``last_kernel()`` names the one that ran.
     """
@@ -178,16 +180,30 @@ def attention(
             "fastattn.attention has no CUDA kernel; available for it: ['cpu'] (pass host arrays "
             "and backend='cpu')"
         )
-    call = _attention_args.prepare(query, keys, values, score, align, params, attn_mask)
+    call = _attention_args.prepare(
+        query, keys, values, score, align, params, attn_mask, return_weights
+    )
     cdt = call.q.dtype
     lq, lk, dv = call.q.shape[-2], call.k.shape[-2], call.v.shape[-1]
     weights = None
-    if call.align == "softmax" and call.score in _attention_args.DOT_REDUCIBLE and not return_weights:
+    if call.sdpa:
         heads = (slice(None),) * len(call.batch) + (None,)  # a head dim of 1 for SDPA
         mask = None if call.mask is None else call.mask[heads]
-        context = scaled_dot_product_attention(
-            call.q[heads], call.k[heads], call.v[heads], scale=1.0, attn_mask=mask
-        )[(slice(None),) * len(call.batch) + (0,)]
+        if call.q_proj is None:
+            context4 = scaled_dot_product_attention(
+                call.q[heads], call.k[heads], call.v[heads], scale=call.scale, attn_mask=mask
+            )
+        else:  # the SDPA kernel with the query projection fused into its query packing
+            context4 = np.empty(call.batch + (1, lq, dv), cdt)
+            if mask is not None:
+                mask = _sdpa_args.mask_operand(mask, cdt, call.batch + (1, lq, lk))
+            _backend.record_kernel(
+                _cpu.sdpa(
+                    call.q[heads], call.k[heads], call.v[heads], context4, None, mask, None,
+                    _dtypes.code_of(cdt), 1.0, 0, -1, -1, call.q_proj, call.q_proj_bias,
+                )
+            )
+        context = context4[(slice(None),) * len(call.batch) + (0,)]
     else:
         context = np.empty(call.batch + (lq, dv), cdt)
         if return_weights:

@@ -52,6 +52,13 @@ struct SdpaParams {
   const int64_t* kv_lengths = nullptr;
 
   double scale = 1.0;
+  // Optional query projection, fused into the kernel's query packing (the general attention
+  // module's general and biased_general scores, k . (W q + b)): with q_proj
+  // set, each query row q has dq elements and the kernel attends with W q + b, d elements, in
+  // its place. W is C-contiguous (d, dq) and b (d,) or null, both in the compute type.
+  const void* q_proj = nullptr;
+  const void* q_proj_bias = nullptr;
+  int64_t dq = 0;
   int num_threads = 1;
 };
 
