@@ -18,7 +18,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _cpu, _dtypes, _scratch
-from ._linear import project
+from ._linear import c_contiguous, project
 from ._sdpa_args import broadcast_batch, mask_operand
 
 SCORES = ("dot", "scaled_dot", "cosine", "general", "biased_general", "activated_general",
@@ -98,9 +98,7 @@ def _normalised(x: np.ndarray, slot: str) -> np.ndarray:
     or overflows are scaled by their largest element first, so tiny vectors get their true cosine."""
     unit = _scratch.array(slot, x.shape, x.dtype)
     if unit.size:
-        rows = x.reshape(-1, x.shape[-1])  # a view where the layout allows
-        if not (rows.flags.c_contiguous and rows.flags.aligned):
-            rows = rows.copy(order="C")  # np.ascontiguousarray would keep a misaligned array
+        rows = c_contiguous(x.reshape(-1, x.shape[-1]))  # a view where the layout allows
         _cpu.unit_rows(rows, unit.reshape(rows.shape))
     return unit
 
@@ -170,9 +168,8 @@ def prepare(
         if biased:
             _shape_check(arrays["b"], (dk,), "b", "(dk,)")
         if sdpa:
-            w_proj = arrays["W"]
-            q_proj = w_proj if w_proj.flags.c_contiguous and w_proj.flags.aligned else w_proj.copy(order="C")
-            q_proj_bias = arrays["b"].copy(order="C") if biased else None
+            q_proj = c_contiguous(arrays["W"])
+            q_proj_bias = c_contiguous(arrays["b"]) if biased else None
         else:
             q = project(q, arrays["W"], arrays["b"] if biased else None, scratch_slot="q")
         if score == "activated_general":

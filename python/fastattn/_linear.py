@@ -14,6 +14,12 @@ import numpy as np
 from . import _cpu, _scratch
 
 
+def c_contiguous(a: np.ndarray) -> np.ndarray:
+    """a itself when C-contiguous and aligned, as the kernels read operands, else a C-order copy
+    (np.ascontiguousarray would keep a contiguous but misaligned array)."""
+    return a if a.flags.c_contiguous and a.flags.aligned else a.copy(order="C")
+
+
 def project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None,
             scratch_slot: Optional[str] = None) -> np.ndarray:
     """x (..., k) @ weight.T (+ bias) -> (..., n), all rows at once, in weight's dtype (float32 or
@@ -24,7 +30,7 @@ def project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None
     x2 = x.reshape(m, x.shape[-1])
     if x2.strides[-1] != x2.itemsize or not x2.flags.aligned or any(s % x2.itemsize for s in x2.strides):
         x2 = x2.copy(order="C")  # rows contiguous and aligned, as the kernel reads them
-    w = weight if weight.flags.c_contiguous and weight.flags.aligned else weight.copy(order="C")
+    w = c_contiguous(weight)
     b = None if bias is None else bias.copy(order="C")
     shape = x.shape[:-1] + (n,)
     if scratch_slot is None:
