@@ -7,10 +7,10 @@ namespace fastattn {
 namespace avx2 {
 // 16 ymm registers. Wide block: 4 keys (or value dims) x 3 vectors of 8 queries = 12 accumulators
 // + 3 loaded + 1 broadcast, 7 loads per 12 FMAs; 4 divides the usual head dims. Narrow block
-// (decode): 12 x 1.
+// (decode): 12 x 1. Key tiles of 48 keys, 96 for float32 head dims up to 64 (sdpa_kernel.h).
 struct Tuning {
   static constexpr int micro_rows = 4, micro_vecs = 3, narrow_rows = 12;
-  static constexpr long block_n = 48, cols_target = 96;
+  static constexpr long block_n = 48, block_n_short = 96, cols_target = 96;
 };
 }  // namespace avx2
 }  // namespace fastattn

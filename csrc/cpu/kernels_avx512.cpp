@@ -9,7 +9,7 @@ namespace avx512 {
 // accumulators + 2 loaded + 1 broadcast. Narrow block (decode): 24 x 1.
 struct Tuning {
   static constexpr int micro_rows = 12, micro_vecs = 2, narrow_rows = 24;
-  static constexpr long block_n = 96, cols_target = 128;
+  static constexpr long block_n = 96, block_n_short = 96, cols_target = 128;
 };
 }  // namespace avx512
 }  // namespace fastattn

@@ -230,16 +230,26 @@ struct SdpaPlan {
   static constexpr int MR = Tuning::micro_rows, NV = Tuning::micro_vecs;
   static constexpr int MRn = Tuning::narrow_rows;
   static constexpr int64_t NR = int64_t(NV) * W;
+  // Keys per tile: BN, or BNs on the blocked path when a key's K and V rows take at most
+  // kShortRowBytes (float32 head dims up to 64): a tile's K and V then take about the bytes of BN
+  // keys of head dim 128, and each micro-kernel call runs over more keys. On AVX2, 96 keys instead
+  // of 48 take 1-2% off the D = 64 prefill shapes (one thread, cycles per score in a harness on
+  // this header); the row-wise (decode) path keeps BN.
   static constexpr int64_t BN = round_up(round_up(Tuning::block_n, MR), MRn);
+  static constexpr int64_t BNs = round_up(round_up(Tuning::block_n_short, MR), MRn);
+  static constexpr int64_t kShortRowBytes = 512;
   static constexpr int MRmax = MR > MRn ? MR : MRn;
   static constexpr int64_t kRowwiseMaxCols = W / 2;
-  static_assert(BN % MR == 0 && BN % MRn == 0 && BN % W == 0,
+  static_assert(BN % MR == 0 && BN % MRn == 0 && BN % W == 0 && BNs % MR == 0 && BNs % MRn == 0 &&
+                    BNs % W == 0,
                 "a key tile must hold whole register blocks");
 
   const SdpaParams& p;
   int64_t group;          // query heads per kv head
   int64_t rows_per_head;  // query rows of one head in a work item
   int64_t q_blocks;
+  int64_t bn;             // keys per tile on the blocked path (BN or BNs)
+  int64_t tile_cap;       // rows of the scratch tiles: the larger of bn and the row-wise path's BN
   int64_t cols_cap;       // columns (queries) per item, padded to whole register blocks
   // Scratch layout (elements of T): Q, S^T, O, m, l, alpha (also a tile's max on the lazy path),
   // a tile's sum of weights (lazy path), a tile's output rows (row-wise path),
@@ -257,19 +267,21 @@ struct SdpaPlan {
     q_blocks = p.lq > 0 ? (p.lq + rows_per_head - 1) / rows_per_head : 0;
     cols_cap = round_up(rows_per_head * group, NR);
     const int64_t width = max64(p.d, p.dv);
+    bn = (p.d + p.dv) * int64_t(sizeof(T)) <= kShortRowBytes ? BNs : BN;
+    tile_cap = max64(bn, BN);
     off_st = p.d * cols_cap;
-    off_o = off_st + BN * cols_cap;
+    off_o = off_st + tile_cap * cols_cap;
     off_m = off_o + p.dv * cols_cap;
     off_l = off_m + cols_cap;
     off_alpha = off_l + cols_cap;
     off_tsum = off_alpha + cols_cap;
     off_acc = off_tsum + cols_cap;
     off_kw = off_acc + kRowwiseMaxCols * p.dv;
-    off_vw = off_kw + (kWiden ? BN * p.d : 0);
-    off_zero = off_vw + (kWiden ? BN * p.dv : 0);
+    off_vw = off_kw + (kWiden ? tile_cap * p.d : 0);
+    off_zero = off_vw + (kWiden ? tile_cap * p.dv : 0);
     off_xq = round_up(off_zero + width + MRmax, 8);
     scratch_elems = round_up(off_xq + (p.q_proj ? p.dq * cols_cap : 0), 8);
-    scratch_bytes = size_t(scratch_elems) * sizeof(T) + 2 * size_t(BN) * sizeof(const T*);
+    scratch_bytes = size_t(scratch_elems) * sizeof(T) + 2 * size_t(tile_cap) * sizeof(const T*);
   }
 
   int64_t items() const { return p.batch * p.hkv * q_blocks; }
@@ -323,7 +335,7 @@ struct SdpaPlan {
     it.vw = scratch + off_vw;
     it.zero_row = scratch + off_zero;
     it.krows = reinterpret_cast<const T**>(scratch + scratch_elems);
-    it.vrows = it.krows + BN;
+    it.vrows = it.krows + tile_cap;
     for (int64_t c = 0; c < it.cols_pad; ++c) it.m[c] = -std::numeric_limits<T>::infinity();
     for (int64_t c = 0; c < it.cols_pad; ++c) it.l[c] = T(0);
     for (int64_t x = 0; x < max64(p.d, p.dv) + MRmax; ++x) it.zero_row[x] = T(0);
@@ -725,12 +737,13 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
   // kLazyReach: weights below 2^120 and a tile's sum of at most 128 of them stay finite in
   // float32, and the exp2 without its clamp is exact up to 2^127.
   constexpr T kLazyHeadroom = T(8), kLazyReach = T(120);
-  static_assert(BN <= 128, "a lazy tile's sum of weights below 2^120 must stay below 2^127");
+  static_assert(BN <= 128 && BNs <= 128,
+                "a lazy tile's sum of weights below 2^120 must stay below 2^127");
   bool m_ready = false;
-  const int64_t tiles = max64(0, it.key_end - it.key_begin + BN - 1) / BN;
+  const int64_t tiles = max64(0, it.key_end - it.key_begin + bn - 1) / bn;
   for (int64_t t = tiles - 1; t >= 0; --t) {
-    const int64_t j0 = it.key_begin + t * BN;
-    const int64_t n = min64(BN, it.key_end - j0), n_pad = round_up(n, R);
+    const int64_t j0 = it.key_begin + t * bn;
+    const int64_t n = min64(bn, it.key_end - j0), n_pad = round_up(n, R);
     const bool v_finite = gather_tile(it, j0, n, n_pad);
     bool lazy = m_ready && p.mask_kind == MaskKind::none && !band_cuts(it, j0, n);
     if (lazy) {
