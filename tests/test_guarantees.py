@@ -583,6 +583,56 @@ def _mha_huge(rng):
     return [out, w], [ref, ref_w[:, 0]]
 
 
+def _lowest_mask(rng, lq, lk, dtype=np.float32):
+    """An additive mask with every extreme a row can have: all keys at the dtype's lowest finite
+    value (Hugging Face's padding value; the row averages its values), one such key among -inf
+    (the row reads that key alone), and the lowest value against -1e38 and 0."""
+    low = np.finfo(dtype).min
+    m = np.zeros((lq, lk), dtype)
+    m[0] = low
+    m[1] = -np.inf
+    m[1, 2] = low
+    m[2, ::2] = low
+    m[3, ::2], m[3, 1::2] = low, -1e38
+    m[4:] = np.where(rng.random((lq - 4, lk)) < 0.5, low, 0)
+    return m
+
+
+def _sdpa_lowest_mask(lq, mask_dtype=np.float32, low=None):
+    def make(rng):
+        q, k, v = randn(rng, (2, lq, 8)), randn(rng, (2, 11, 8)), randn(rng, (2, 11, 3))
+        mask = _lowest_mask(rng, lq, 11, mask_dtype)
+        if low is not None:
+            mask[mask == np.finfo(mask_dtype).min] = low
+        return [sdpa(q, k, v, attn_mask=mask)], [sdpa_reference(q, k, v, attn_mask=mask)[0]]
+    return make
+
+
+def _vector_lowest_mask(form, mlp):
+    def make(rng):
+        q, k, v = randn(rng, (6, 8)), randn(rng, (11, 8)), randn(rng, (11, 8))
+        kw = {"weight_mlp": (randn(rng, (8, 8)), randn(rng, (8,)), randn(rng, (8, 8)), randn(rng, (8,)))} \
+            if mlp else {"groups": 4}
+        if form == "neighbour":
+            kw["index"] = rng.integers(0, 11, (6, 5))
+        kw["attn_mask"] = _lowest_mask(rng, 6, 5 if form == "neighbour" else 11)
+        return list(fastattn.vector_attention(q, k, v, return_weights=True, **kw)), \
+            list(vector_attention_reference(q, k, v, **kw))
+    return make
+
+
+def _mha_lowest_padding(rng):
+    # a float key_padding_mask as Hugging Face builds it: finfo.min on padded keys, every key of
+    # the second sequence padded
+    layer = fastattn.MultiHeadAttention(8, 2, seed=int(rng.integers(1 << 30)))
+    x = randn(rng, (2, 5, 8))
+    pad = np.zeros((2, 5), np.float32)
+    pad[0, 3:] = pad[1] = np.finfo(np.float32).min
+    out, w = layer(x, x, x, key_padding_mask=pad, need_weights=True)
+    ref, ref_w = mha_reference(layer.state_dict(), 2, 2, x, x, x, key_padding_mask=pad)
+    return [out, w], [ref, ref_w.mean(axis=1)]
+
+
 HUGE_LOGITS = table("huge_logits", [
     ("scaled_dot_product_attention: scores and mask 1e30", _sdpa_huge),
 ] + [(f"attention: {align}", _attention_huge(align)) for align in ALIGNS] + [
@@ -594,6 +644,16 @@ HUGE_LOGITS = table("huge_logits", [
     ("knn: coordinates 1e30 (float32)", _knn_huge),
     ("layer_norm: x 1e30 (float32)", _layer_norm_huge),
     ("MultiHeadAttention: scores 1e30", _mha_huge),
+    # Finite additive masks as low as the dtype goes keep their keys visible (in base 2 they
+    # would overflow to -inf unless kept finite): row-wise and blocked paths, float64 masks
+    # on float32 inputs included.
+    ("scaled_dot_product_attention: mask at finfo(float32).min, 4 query rows (row-wise)", _sdpa_lowest_mask(4)),
+    ("scaled_dot_product_attention: mask at finfo(float32).min, 40 query rows", _sdpa_lowest_mask(40)),
+    ("scaled_dot_product_attention: float64 mask of -1e300 on float32 inputs",
+     _sdpa_lowest_mask(40, np.float64, -1e300)),
+    ("vector_attention: dense, mask at finfo(float32).min", _vector_lowest_mask("dense", False)),
+    ("vector_attention: neighbour, weight MLP, mask at finfo(float32).min", _vector_lowest_mask("neighbour", True)),
+    ("MultiHeadAttention: key_padding_mask at finfo(float32).min", _mha_lowest_padding),
 ])
 
 

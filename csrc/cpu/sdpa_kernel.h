@@ -70,6 +70,18 @@ static inline void prefetch_row(const void* row, int64_t bytes) {
 
 constexpr double kLog2e = 1.44269504088896340736, kLn2 = 0.69314718055994530942;
 
+// An additive mask entry in the kernels' base 2 (add * log2 e), finite whenever add is: entries
+// below -FLT_MAX / log2 e (Hugging Face pads with np.finfo(float32).min) would overflow to -inf
+// and hide keys the mask leaves visible, so a row of only such entries would give 0 instead of
+// the average of its values (PyTorch's and the float64 reference's answer).
+template <class T>
+static inline T mask_base2(T add) {
+  const T a = add * T(kLog2e);
+  constexpr T big = std::numeric_limits<T>::max();
+  if (std::isinf(a) && !std::isinf(add)) return a < T(0) ? -big : big;
+  return a;
+}
+
 template <class E> struct ComputeOf { using type = float; };
 template <> struct ComputeOf<double> { using type = double; };
 
@@ -504,7 +516,7 @@ struct SdpaPlan {
           for (int64_t j = 0; j < n; ++j) {
             const T add = mask[j * p.mask_col_stride];
             T& s = st[j * ld + c];
-            s = add == neg_inf ? neg_inf : s + add * T(kLog2e);
+            s = add == neg_inf ? neg_inf : s + mask_base2(add);
           }
         } else {
           const uint8_t* mask = static_cast<const uint8_t*>(p.mask) + at;

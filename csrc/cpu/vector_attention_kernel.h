@@ -438,7 +438,7 @@ struct VectorAttentionPlan {
       vrows[t] = v + j * p.v_row_stride;
       prows[t] = has_pos ? pos + s * p.pos_col_stride : zero;
       pkrows[t] = project ? pk + j * hpad : zero;
-      madd[t] = add * T(kLog2e);
+      madd[t] = mask_base2(add);
     }
     return visible;
   }

@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cuda/std/limits>
+
 #include <cstdint>
 
 #include "cuda/cuda_params.h"
@@ -13,6 +15,17 @@ namespace fastattn {
 namespace cuda {
 
 constexpr double kLog2e = 1.44269504088896340736, kLn2 = 0.69314718055994530942;
+
+// An additive mask entry in base 2 (add * log2 e), finite whenever add is: entries below
+// -FLT_MAX / log2 e (np.finfo(float32).min pads in Hugging Face models) would otherwise overflow
+// to -inf and hide keys the mask leaves visible. As the CPU kernels' mask_base2.
+template <class T>
+__device__ __forceinline__ T mask_base2(T add) {
+  const T a = add * T(kLog2e);
+  constexpr T big = ::cuda::std::numeric_limits<T>::max();
+  if (isinf(a) && !isinf(add)) return a < T(0) ? -big : big;
+  return a;
+}
 
 __device__ __forceinline__ float to_compute(float x) { return x; }
 __device__ __forceinline__ double to_compute(double x) { return x; }
@@ -128,7 +141,7 @@ struct RowMask {
       case MaskType::f16: add = T(__half2float(reinterpret_cast<const __half*>(at_mask)[at])); break;
       default: add = T(__bfloat162float(reinterpret_cast<const __nv_bfloat16*>(at_mask)[at])); break;
     }
-    return add == neg_inf ? neg_inf : s2 + add * T(kLog2e);
+    return add == neg_inf ? neg_inf : s2 + mask_base2(add);
   }
 };
 

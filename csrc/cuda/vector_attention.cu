@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) vector_attention_kernel(co
         const T* wr = w2 + g * Hd;
         T sum = b2[g];
         for (int64_t x = 0; x < Hd; ++x) sum = fma(wr[x], h[x], sum);
-        u[g] = (sum + add) * log2e;
+        u[g] = sum * log2e + mask_base2(add);
       }
     } else {
       for (int64_t g = lane; g < G; g += 32) {
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) vector_attention_kernel(co
           for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) sum += r[c];
         else
           for (int64_t c = g; c < C; c += G) sum += r[c];
-        u[g] = (sum + add) * log2e;
+        u[g] = sum * log2e + mask_base2(add);
       }
     }
     // Online softmax per group; the lane that owns group g is the only one touching its state.

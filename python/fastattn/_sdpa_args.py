@@ -121,7 +121,13 @@ def mask_operand(attn_mask: Any, dtype: np.dtype, full: Tuple[int, ...]) -> np.n
     if m.dtype != np.bool_:
         if not _dtypes.is_supported_float(_dtypes.native(m.dtype)):
             raise mask_dtype_error(m.dtype)
-        m = m.astype(_dtypes.compute_dtype(dtype), copy=False)
+        cdt = _dtypes.compute_dtype(dtype)
+        if m.dtype.itemsize > cdt.itemsize:
+            # Finite entries stay finite: -1e300 in a float64 mask would cast to float32's -inf,
+            # which hides its key (the float64 reference only down-weights it).
+            info = np.finfo(cdt)
+            m = np.where(np.isinf(m), m, np.clip(m, info.min, info.max))
+        m = m.astype(cdt, copy=False)
     check_mask_shape(m.shape, full)
     m = _with_leading_ones(m, len(full))
     if not m.flags.aligned or any(s % m.itemsize for s in m.strides):
