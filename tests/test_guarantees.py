@@ -854,6 +854,18 @@ def test_misaligned_operands_are_copied_not_read_misaligned(rng):
             np.testing.assert_array_equal(got, want)
     c, w = misaligned(randn(rng, (4, 8))), misaligned(randn(rng, (6, 8)))
     np.testing.assert_array_equal(fastattn.output_layer(c, w), fastattn.output_layer(c.copy(), w.copy()))
+    x, g = randn(rng, (4, 8)), randn(rng, (8,))
+    np.testing.assert_array_equal(fastattn.layer_norm(misaligned(x), misaligned(g)), fastattn.layer_norm(x, g))
+    idx = rng.integers(-1, 7, (5, 3))
+    mlp = (randn(rng, (4, 8)), randn(rng, (4,)), randn(rng, (2, 4)), randn(rng, (2,)))
+    pos = randn(rng, (5, 3, 8))
+    want = fastattn.vector_attention(q[0], k[0], k[1], index=idx, pos=pos, weight_mlp=mlp)
+    got = fastattn.vector_attention(*map(misaligned, (q[0], k[0], k[1])), index=misaligned(idx),
+                                    pos=misaligned(pos), weight_mlp=tuple(map(misaligned, mlp)))
+    np.testing.assert_array_equal(got, want)
+    pts = randn(rng, (50, 3))
+    np.testing.assert_array_equal(fastattn.knn(misaligned(pts), 4, queries=misaligned(pts[:7])),
+                                  fastattn.knn(pts, 4, queries=pts[:7]))
 
 
 @pytest.mark.no_sanitizer  # ~2.5e9 score pairs: seconds here, many minutes under ASan

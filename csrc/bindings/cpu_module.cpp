@@ -471,6 +471,7 @@ py::array contiguous_operand(py::handle h, const char* name, int64_t count, int6
   py::array a = as_array(h, name);
   if (a.size() != count || a.itemsize() != itemsize || !(a.flags() & py::array::c_style))
     internal_error(std::string(name) + " has the wrong size, dtype or layout");
+  check_aligned(a, name);
   return a;
 }
 

@@ -18,7 +18,8 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _cpu, _dtypes, _scratch
-from ._linear import c_contiguous, project
+from ._dtypes import c_contiguous
+from ._linear import project
 from ._sdpa_args import broadcast_batch, mask_operand
 
 SCORES = ("dot", "scaled_dot", "cosine", "general", "biased_general", "activated_general",

@@ -8,7 +8,7 @@ Integer, bool, complex and object arrays raise TypeError.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -73,3 +73,13 @@ def code_of(dtype: np.dtype) -> int:
 def compute_dtype(dtype: np.dtype) -> np.dtype:
     """The precision the kernels accumulate in (and return lse in) for a storage dtype."""
     return _F64 if dtype == _F64 else _F32
+
+
+def c_contiguous(a: Any, dtype: Optional[np.dtype] = None) -> np.ndarray:
+    """a (in dtype, when given) itself when C-contiguous and aligned, as the kernels read their
+    operands, else a C-order copy. Not np.ascontiguousarray: it returns a contiguous but misaligned
+    array as it is, and the kernels' loads of such an array are undefined behaviour."""
+    a = np.asarray(a)
+    if dtype is not None:
+        a = a.astype(dtype, copy=False)
+    return a if a.flags.c_contiguous and a.flags.aligned else a.copy(order="C")

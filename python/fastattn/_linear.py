@@ -12,12 +12,7 @@ from typing import Optional
 import numpy as np
 
 from . import _cpu, _scratch
-
-
-def c_contiguous(a: np.ndarray) -> np.ndarray:
-    """a itself when C-contiguous and aligned, as the kernels read operands, else a C-order copy
-    (np.ascontiguousarray would keep a contiguous but misaligned array)."""
-    return a if a.flags.c_contiguous and a.flags.aligned else a.copy(order="C")
+from ._dtypes import c_contiguous
 
 
 def project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None,

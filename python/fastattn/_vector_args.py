@@ -103,7 +103,7 @@ def _index(index: Any, n: int, m: int) -> np.ndarray:
                 f"index values must lie in [-1, M) = [-1, {m}) for key/value of {m} rows; "
                 f"index{list(bad)} = {int(idx[bad])}"
             )
-    return np.ascontiguousarray(idx, dtype=np.int64)
+    return _dtypes.c_contiguous(idx, np.dtype(np.int64))
 
 
 def _pos(pos: np.ndarray, full: Tuple[int, ...], cdt: np.dtype, form: str) -> np.ndarray:
@@ -175,7 +175,7 @@ def prepare(
     mask = None if attn_mask is None else mask_operand(attn_mask, cdt, batch + (lq, lk))
     mlp4 = None
     if mlp is not None:
-        w1, b1, w2, b2 = (np.ascontiguousarray(a, dtype=cdt) for a in mlp)
+        w1, b1, w2, b2 = (_dtypes.c_contiguous(a, cdt) for a in mlp)
         mlp4 = (w1, b1, w2, b2)
     return VectorCall(q, k, v, idx, p, mask, mlp4, g, relation_code, sharing_code,
                       batch + (lq, c), batch + (lq, lk, g), dtype)
@@ -200,8 +200,8 @@ def prepare_knn(points: Any, k: Any, queries: Any) -> Tuple[np.ndarray, np.ndarr
         raise ValueError(f"points must have shape (N, D) with D >= 1, got {pts.shape}")
     if qs.ndim != 2 or qs.shape[1] != pts.shape[1]:
         raise ValueError(f"queries must have shape (Nq, D) with the points' D={pts.shape[1]}, got {qs.shape}")
-    pts = np.ascontiguousarray(pts, dtype=cdt)
-    qs = pts if queries is None else np.ascontiguousarray(qs, dtype=cdt)
+    pts = _dtypes.c_contiguous(pts, cdt)
+    qs = pts if queries is None else _dtypes.c_contiguous(qs, cdt)
     for a, name in ((pts, "points"), (qs, "queries")):
         if not np.isfinite(a).all():
             bad = tuple(int(x) for x in np.argwhere(~np.isfinite(a))[0])

@@ -48,8 +48,8 @@ def layer_norm(x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) 
         or not rows.flags.aligned
         or any(st % rows.itemsize for st in rows.strides)
     ):
-        rows = np.ascontiguousarray(rows)
-    params = {name: np.ascontiguousarray(p, dtype=cdt) for p, name in zip(arrays[1:], names[1:])}
+        rows = _dtypes.c_contiguous(rows)
+    params = {name: _dtypes.c_contiguous(p, cdt) for p, name in zip(arrays[1:], names[1:])}
     out = np.empty(rows.shape, cdt)
     _backend.record_kernel(
         _cpu.layer_norm(rows, params.get("weight"), params.get("bias"), out, e)
