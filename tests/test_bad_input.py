@@ -79,6 +79,26 @@ def sdpa_overlap():
     return call
 
 
+def sdpa_out_overlapping_mask():
+    """out= whose rows overlap the additive mask's later rows: refused (the kernel would write
+    mask rows before other queries read them)."""
+    def call():
+        n_out, n_mask = 2 * 4 * 7 * 16, 2 * 4 * 7 * 9
+        buf = np.zeros(n_out // 2 + n_mask, F32)  # the mask starts halfway through out
+        out, mask = buf[:n_out].reshape(2, 4, 7, 16), buf[n_out // 2:].reshape(2, 4, 7, 9)
+        try:
+            fastattn.scaled_dot_product_attention(ones(2, 4, 7, 16), ones(2, 4, 9, 16), ones(2, 4, 9, 16),
+                                                  attn_mask=mask, out=out)
+        finally:
+            assert np.all(buf == 0), "a rejected out= was written"
+    return call
+
+
+def misaligned_out():
+    raw = np.zeros(2 * 4 * 7 * 16 * 4 + 1, np.uint8)
+    return np.frombuffer(raw.data, F32, count=2 * 4 * 7 * 16, offset=1).reshape(2, 4, 7, 16)
+
+
 SDPA = "scaled_dot_product_attention"
 SDPA_CASES = [
     (f"{SDPA}: int32 query", sdpa(q=ones(2, 4, 7, 16, dtype=np.int32)), TypeError, ["query", "int32"]),
@@ -103,6 +123,7 @@ SDPA_CASES = [
     (f"{SDPA}: window of floats", sdpa(window=(2.5, 1)), ValueError, [2.5]),
     (f"{SDPA}: scale a string", sdpa(scale="big"), TypeError, ["big"]),
     (f"{SDPA}: scale complex", sdpa(scale=1j), TypeError, ["1j"]),
+    (f"{SDPA}: scale beyond float64", sdpa(scale=10**400), ValueError, ["beyond float64"]),
     (f"{SDPA}: backend name", sdpa(backend="tpu"), ValueError, ["tpu", "cpu"]),
     (f"{SDPA}: kv_lengths past Lk", sdpa(kv_lengths=np.array([3, 12])), ValueError, [12, 9]),
     (f"{SDPA}: kv_lengths negative", sdpa(kv_lengths=-1), ValueError, [-1]),
@@ -113,6 +134,8 @@ SDPA_CASES = [
      ["C-contiguous"]),
     (f"{SDPA}: out strided", sdpa_out(lambda: filled((2, 4, 7, 32))[..., ::2]), ValueError, ["C-contiguous"]),
     (f"{SDPA}: out overlaps the query", sdpa_overlap(), ValueError, ["overlaps"]),
+    (f"{SDPA}: out overlaps the mask", sdpa_out_overlapping_mask(), ValueError, ["overlaps", "attn_mask"]),
+    (f"{SDPA}: out misaligned", sdpa_out(misaligned_out), ValueError, ["not aligned"]),
     (f"{SDPA}: out a list", sdpa(out=[[0.0] * 16] * 7, q=ones(7, 16), k=ones(9, 16), v=ones(9, 16)), ValueError,
      ["list"]),
 ]

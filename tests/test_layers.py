@@ -364,6 +364,8 @@ def test_load_state_dict_errors():
     assert np.array_equal(layer.state_dict()["out_proj.bias"], good["out_proj.bias"])  # unchanged
     with pytest.raises(TypeError, match="in_proj_bias"):
         layer.load_state_dict(dict(good, in_proj_bias=np.zeros(24, np.int64)))
+    with pytest.raises(TypeError, match="must be a mapping.*got list"):
+        layer.load_state_dict(list(good.items()))
     separate = fastattn.MultiHeadAttention(8, 2, kdim=3)
     with pytest.raises(ValueError, match="missing.*q_proj_weight"):
         separate.load_state_dict(good)

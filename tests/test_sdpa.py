@@ -584,6 +584,7 @@ def test_out_parameter(rng, dtype):
     np.testing.assert_array_equal(out2, expected)
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 def test_out_parameter_2d_and_empty_rows(rng):
     q, k, v = make_qkv(rng, lq=6, lk=4, d=8, two_d=True)
     out = np.full((6, 8), np.nan, np.float32)
@@ -591,6 +592,10 @@ def test_out_parameter_2d_and_empty_rows(rng):
     assert res is out
     assert np.all(out[:2] == 0)  # rows with no visible key are written as zeros
     check_sdpa(q, k, v, causal="bottom_right")
+    # An ndarray subclass works as out= too (np.matrix stays 2-D when reshaped to kernel form).
+    m = np.asmatrix(np.zeros((6, 8), np.float32))
+    assert sdpa(q, k, v, out=m) is m
+    np.testing.assert_array_equal(np.asarray(m), sdpa(q, k, v))
 
 
 # ----------------------------------------------------------------------------- empty sizes

@@ -409,7 +409,8 @@ def _sdpa_gpu(
     if out is None:
         result = _empty(library, result_shape, dtype, device, query)
     else:
-        _check_out(out, result_shape, dtype, (q, k, v), stream)
+        on_gpu = [gpu_array(a, stream) for a in (attn_mask, kv_lengths) if a is not None and is_gpu(a)]
+        _check_out(out, result_shape, dtype, [q, k, v] + on_gpu, stream)
         result = out
     lse = _empty(library, batch + (hq, lq), compute, device, query) if return_lse else None
 
@@ -448,7 +449,9 @@ def _check_out(out: Any, shape: Tuple[int, ...], dtype: str, inputs: Sequence[Gp
     for a in inputs:
         a_lo, a_hi = a.span()
         if a.size and o.size and lo < a_hi and a_lo < hi:
-            raise ValueError("out overlaps an input; pass a separate array")
+            raise ValueError(
+                "out overlaps an input (query, key, value, attn_mask or kv_lengths); pass a separate array"
+            )
 
 
 def _mask_gpu(

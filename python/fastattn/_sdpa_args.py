@@ -100,6 +100,8 @@ def _scale(scale: Any, d: int) -> float:
         return float(scale)
     except (TypeError, ValueError):
         raise TypeError(f"scale must be a real number, got {scale!r}") from None
+    except OverflowError:
+        raise ValueError(f"scale {scale!r} is beyond float64's range") from None
 
 
 def mask_dtype_error(dtype: Any) -> TypeError:
@@ -167,8 +169,12 @@ def _out(
         raise ValueError("out must be C-contiguous")
     if not out.flags.writeable:
         raise ValueError("out is read-only")
+    if not out.flags.aligned:
+        raise ValueError("out is not aligned to its item size; pass an aligned array")
     if any(np.may_share_memory(out, a) for a in inputs):
-        raise ValueError("out overlaps an input; pass a separate array")
+        raise ValueError(
+            "out overlaps an input (query, key, value, attn_mask or kv_lengths); pass a separate array"
+        )
     return out
 
 
@@ -238,8 +244,10 @@ def prepare(
 
     kernel_shape = batch + (hq, lq, dv)
     result_shape = (lq, dv) if two_d else kernel_shape
-    result = _out(out, result_shape, dtype, (q, k, v))
-    kernel_out = result.reshape(kernel_shape) if two_d else result
+    inputs = [q, k, v] + [np.asarray(a) for a in (attn_mask, kv_lengths) if a is not None]
+    result = _out(out, result_shape, dtype, inputs)
+    # As a plain ndarray: a subclass (np.matrix) stays 2-D when reshaped to kernel form.
+    kernel_out = result.view(np.ndarray).reshape(kernel_shape)
     lse = lse_result = None
     if return_lse:
         lse = np.empty(batch + (hq, lq), _dtypes.compute_dtype(dtype))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Mapping
 from typing import Any, Dict, Optional, Tuple, cast
 
 import numpy as np
@@ -162,7 +163,9 @@ class MultiHeadAttention:
         """Copy weights in from ``state``, a mapping with exactly ``state_dict()``'s names and
         shapes (NumPy arrays or anything ``np.asarray`` takes, e.g. the tensors of a PyTorch
         nn.MultiheadAttention's ``state_dict()``). Values are rounded to the layer's dtype. Missing
-        or unexpected names, wrong shapes: ValueError; non-float values: TypeError."""
+        or unexpected names, wrong shapes: ValueError; not a mapping, non-float values: TypeError."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping of names to arrays, got {type(state).__name__}")
         named = self._named()
         keys = set(state.keys())
         missing, unexpected = sorted(set(named) - keys), sorted(keys - set(named))
