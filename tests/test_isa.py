@@ -69,14 +69,25 @@ def _error_message(stderr):
     return stderr[i:] if i >= 0 else ""
 
 
+# One call per kind of kernel (knn has one portable implementation, yet fails alike).
+KERNEL_CALLS = {
+    "sdpa": "fastattn.scaled_dot_product_attention(q, q, q)",
+    "attention": "fastattn.attention(q, q, q, score='cosine')",
+    "vector_attention": "fastattn.vector_attention(q[0], q[0], q[0])",
+    "knn": "fastattn.knn(q[0], 2)",
+    "layer_norm": "fastattn.layer_norm(q)",
+}
+
+
+@pytest.mark.parametrize("call", list(KERNEL_CALLS))
 @pytest.mark.parametrize("isa", UNAVAILABLE)
-def test_unavailable_isa_kernel_call_raises(isa):
+def test_unavailable_isa_kernel_call_raises(isa, call):
     code = (
         "import numpy as np\n"
         "import fastattn\n"
         "print('IMPORTED', flush=True)\n"
         "q = np.ones((2, 5, 8), np.float32)\n"
-        "fastattn.scaled_dot_product_attention(q, q, q)\n"
+        f"{KERNEL_CALLS[call]}\n"
         "print('NO ERROR', flush=True)\n"
     )
     r = run_python(code, timeout=120, FASTATTN_CPU_ISA=isa)

@@ -601,6 +601,9 @@ void knn(py::handle points_handle, py::handle queries_handle, py::handle index_h
   p.queries = queries.data();
   p.index = static_cast<int64_t*>(index.mutable_data());
   p.num_threads = fastattn::cpu::get_num_threads();
+  // One portable implementation, but a forced ISA the CPU lacks (or an unknown name) fails every
+  // kernel call alike, as README says: chosen_isa() raises then.
+  (void)fastattn::cpu::chosen_isa();
   py::gil_scoped_release release;
   fastattn::cpu::knn(p);
 }
