@@ -110,3 +110,29 @@ def test_no_score_matrix_materialised():
         assert info["attention_kernel"].split("/")[2] == "attention", info  # the general kernel ran
         assert info["growth_attention"] < LIMIT, info
         assert info["growth_additive"] < LIMIT, info
+
+
+def test_sizes_past_any_allocation_raise_memory_error():
+    # Keys broadcast from one row (stride 0) make Lk as large as 2^59 without memory behind it.
+    # The general kernel's score row and the vector kernel's per-row projections grow with Lk;
+    # their sizes in int64 used to wrap to a small buffer that the kernels then overran (SIGSEGV).
+    # In a fresh interpreter, so a crash fails this test rather than the session.
+    code = r"""
+import numpy as np
+import fastattn
+q = np.ones((1, 2), np.float32)
+for call in (
+    lambda: fastattn.attention(q, np.broadcast_to(q, (1 << 59, 2)), score="dot", align="sigmoid"),
+    lambda: fastattn.vector_attention(
+        q, np.broadcast_to(q, (1 << 55, 2)), np.broadcast_to(q, (1 << 55, 2)),
+        weight_mlp=(np.zeros((512, 2), np.float32), np.zeros(512, np.float32),
+                    np.zeros((1, 512), np.float32), np.zeros(1, np.float32))),
+):
+    try:
+        call()
+    except MemoryError:
+        print("MemoryError")
+"""
+    r = run_python(code, timeout=120)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr}"
+    assert r.stdout.split() == ["MemoryError", "MemoryError"], r.stdout

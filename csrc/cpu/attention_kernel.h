@@ -53,6 +53,7 @@ struct AttentionPlan {
 
   explicit AttentionPlan(const AttentionParams& params) : p(params) {
     q_blocks = (p.lq + NR - 1) / NR;
+    check_buffer_elems((double(p.lk) + double(BN + p.d + p.dv)) * double(NR));  // S^T holds every key
     lk_pad = round_up(max64(p.lk, 1), BN);
     off_st = p.d * NR;
     off_ot = off_st + lk_pad * NR;

@@ -39,6 +39,13 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static constexpr inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Throws std::bad_alloc (MemoryError in Python) for a buffer of `elems` elements that could never
+// be allocated. Sizes are products of array dims, and keys or queries broadcast from one row (stride
+// 0) make dims as large as 2^60, where the int64 products would wrap to a small, wrong size.
+static inline void check_buffer_elems(double elems) {
+  if (!(elems < 0x1p56)) throw std::bad_alloc();
+}
+
 // One growing, 64-byte aligned scratch block per thread, kept between calls so small calls do not
 // pay for malloc. Returns null on allocation failure; the caller reports it after the parallel region.
 struct ScratchArena {

@@ -213,6 +213,8 @@ struct VectorAttentionPlan {
   static int64_t proj_elems(const VectorAttentionParams& p) {
     if (!p.w1 || p.relation == Relation::multiply) return 1;
     const int64_t hpad = round_up(max64(p.hidden, 1), W);
+    check_buffer_elems((double(p.batch) * double(p.lq) + double(p.batch) * double(p.key_rows) +
+                        double(2 * kProjRows)) * double(hpad));
     return (round_up(p.batch * p.lq, kProjRows) + round_up(p.batch * p.key_rows, kProjRows)) * hpad;
   }
 
