@@ -121,6 +121,7 @@ SDPA_CASES = [
     (f"{SDPA}: negative window", sdpa(window=(-3, 0)), ValueError, [-3]),
     (f"{SDPA}: window not a pair", sdpa(window=5), ValueError, [5]),
     (f"{SDPA}: window of floats", sdpa(window=(2.5, 1)), ValueError, [2.5]),
+    (f"{SDPA}: window a dict", sdpa(window={0: 5, 1: 5}), ValueError, ["pair", "{0: 5, 1: 5}"]),
     (f"{SDPA}: scale a string", sdpa(scale="big"), TypeError, ["big"]),
     (f"{SDPA}: scale complex", sdpa(scale=1j), TypeError, ["1j"]),
     (f"{SDPA}: scale beyond float64", sdpa(scale=10**400), ValueError, ["beyond float64"]),

@@ -24,6 +24,7 @@ def test_repeated_calls_give_fresh_results(rng):
         ({"scale": 1}, {"scale": 1 + 0j}, TypeError),  # 1 == 1+0j
         ({"window": (2, 1)}, {"window": (2.0, 1)}, ValueError),  # (2, 1) == (2.0, 1)
         ({"window": (2, 1)}, {"window": [2, 1]}, None),  # a list is a fine pair: same result
+        ({"window": (0, 1)}, {"window": {0: 5, 1: 5}}, ValueError),  # tuple(dict) is (0, 1): its keys
     ],
 )
 def test_equal_but_different_options_are_checked(rng, good, bad, error):

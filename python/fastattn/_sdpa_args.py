@@ -83,10 +83,16 @@ def _window_extent(x: Any, which: str) -> int:
     return -1 if n >= _UNBOUNDED else n
 
 
+def _is_pair_sequence(x: Any) -> bool:
+    """A tuple, list or 1-D array of two items (not a mapping or set, whose items are not what
+    x[0] and x[1] read)."""
+    return isinstance(x, (tuple, list, np.ndarray)) and len(x) == 2
+
+
 def _window(window: Any) -> Tuple[int, int]:
     if window is None:
         return -1, -1
-    if isinstance(window, (str, bytes)) or not hasattr(window, "__len__") or len(window) != 2:
+    if not _is_pair_sequence(window):
         raise ValueError(f"window must be a pair (left, right) of ints or None, got {window!r}")
     return _window_extent(window[0], "left"), _window_extent(window[1], "right")
 
@@ -275,6 +281,8 @@ def memo_key(
     """
     if type(query) is not np.ndarray or type(key) is not np.ndarray or type(value) is not np.ndarray:
         return None
+    if window is not None and not _is_pair_sequence(window):
+        return None  # the checks will say what is wrong (a dict's tuple() would be its keys)
     try:
         memo = (
             query.shape, key.shape, value.shape, type(causal), causal, type(scale), scale,
