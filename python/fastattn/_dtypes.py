@@ -79,7 +79,7 @@ def c_contiguous(a: Any, dtype: Optional[np.dtype] = None) -> np.ndarray:
     """a (in dtype, when given) itself when C-contiguous and aligned, as the kernels read their
     operands, else a C-order copy. Not np.ascontiguousarray: it returns a contiguous but misaligned
     array as it is, and the kernels' loads of such an array are undefined behaviour."""
-    a = np.asarray(a)
+    arr: np.ndarray = np.asarray(a)
     if dtype is not None:
-        a = a.astype(dtype, copy=False)
-    return a if a.flags.c_contiguous and a.flags.aligned else a.copy(order="C")
+        arr = arr.astype(dtype, copy=False)
+    return arr if arr.flags.c_contiguous and arr.flags.aligned else arr.copy(order="C")
