@@ -113,6 +113,12 @@ def test_last_kernel_names_the_path(rng, dtype):
     assert m["dtype"] == dtype, name
 
 
+def test_last_kernel_after_knn(rng):
+    sdpa(*make_qkv(rng, hq=2, lq=5, lk=7, d=8, dtype=np.float32))
+    fastattn.knn(randn(rng, (20, 3)), 4)
+    assert fastattn.last_kernel() == "cpu/scalar/knn/float64"  # one portable kernel, in float64
+
+
 def test_last_kernel_is_per_thread(rng):
     q, k, v = make_qkv(rng, hq=2, lq=5, lk=7, d=8, dtype=np.float32)
     sdpa(q, k, v)
@@ -142,7 +148,7 @@ def test_set_get_num_threads(restore_threads):
         assert fastattn.backends()["cpu"]["num_threads"] == n
 
 
-@pytest.mark.parametrize("bad", [0, -1, -8])
+@pytest.mark.parametrize("bad", [0, -1, -8, 1025, 100_000, 2**31])
 def test_set_num_threads_invalid(restore_threads, bad):
     before = fastattn.get_num_threads()
     with pytest.raises(ValueError, match=re.escape(str(bad))):
@@ -158,6 +164,10 @@ def test_num_threads_from_environment():
     r = run_python(code, timeout=120, OMP_NUM_THREADS=1)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["1", "1"]
+    # Past the 1024-thread limit (libgomp crashed creating 65535): counts as unset.
+    r = run_python(code, timeout=120, FASTATTN_NUM_THREADS=65535, OMP_NUM_THREADS=2)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2", "2"]
     if "OMP_NUM_THREADS" not in os.environ:  # default: all cores
         r = run_python(code, timeout=120)
         assert r.returncode == 0, r.stderr
@@ -252,6 +262,34 @@ def test_backend_environment_variable():
         r = run_python(code, timeout=120, FASTATTN_BACKEND="cuda")
         assert r.returncode == 1, (r.returncode, r.stderr)
         assert "RuntimeError" in r.stderr and "cpu" in r.stderr.lower(), r.stderr
+    r = run_python(code, timeout=120, FASTATTN_BACKEND="gpu0")
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "ValueError: FASTATTN_BACKEND (environment) must be one of" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_runs_its_kernels(rng):
+    # GNU OpenMP's thread pool does not survive fork(): a child forked after a parallel kernel
+    # used to hang in its first parallel region. It now runs its kernels on one thread.
+    code = (
+        "import os, numpy as np, fastattn\n"
+        "fastattn.set_num_threads(2)\n"
+        "x = np.random.default_rng(0).standard_normal((2, 8, 300, 64)).astype(np.float32)\n"
+        "want = fastattn.scaled_dot_product_attention(x, x, x)\n"
+        "pts = np.random.default_rng(1).random((20000, 3))\n"
+        "nn = fastattn.knn(pts, 8)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    fastattn.set_num_threads(2)\n"
+        "    ok = (np.array_equal(fastattn.scaled_dot_product_attention(x, x, x), want)\n"
+        "          and np.array_equal(fastattn.knn(pts, 8), nn) and fastattn.get_num_threads() == 1)\n"
+        "    os._exit(0 if ok else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print('child', os.waitstatus_to_exitcode(status), 'parent threads', fastattn.get_num_threads())\n"
+    )
+    r = run_python(code, timeout=120)  # a hang shows as a timeout
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["child", "0", "parent", "threads", "2"], r.stdout
 
 
 # ----------------------------------------------------------------------------- GIL and concurrency

@@ -577,8 +577,8 @@ py::str vector_attention(py::handle q_handle, py::handle k_handle, py::handle v_
 }
 
 // fastattn.knn on checked operands: points (n, d) and queries (nq, d) C-contiguous, one float
-// dtype; index C-contiguous int64 (nq, k), filled in.
-void knn(py::handle points_handle, py::handle queries_handle, py::handle index_handle) {
+// dtype; index C-contiguous int64 (nq, k), filled in. Returns the kernel's name.
+py::str knn(py::handle points_handle, py::handle queries_handle, py::handle index_handle) {
   const py::array points = as_array(points_handle, "points");
   const py::array queries = as_array(queries_handle, "queries");
   py::array index = as_array(index_handle, "index");
@@ -604,8 +604,13 @@ void knn(py::handle points_handle, py::handle queries_handle, py::handle index_h
   // One portable implementation, but a forced ISA the CPU lacks (or an unknown name) fails every
   // kernel call alike, as README says: chosen_isa() raises then.
   (void)fastattn::cpu::chosen_isa();
-  py::gil_scoped_release release;
-  fastattn::cpu::knn(p);
+  {
+    py::gil_scoped_release release;
+    fastattn::cpu::knn(p);
+  }
+  // One portable implementation (no ISA-specific code), searching in float64 whatever the points.
+  static const py::str* name = new py::str("cpu/scalar/knn/float64");
+  return *name;
 }
 
 // y = x W^T + b: x (m, k) contiguous within rows, w (n, k) and out (m, n) C-contiguous, b None or
@@ -737,7 +742,8 @@ PYBIND11_MODULE(_cpu, m) {
         "Vector attention on normalised operands; returns the kernel's name. "
         "Private: call fastattn.vector_attention.");
   m.def("knn", &knn, py::arg("points"), py::arg("queries"), py::arg("index"),
-        "Exact k nearest neighbours into index (nq, k). Private: call fastattn.knn.");
+        "Exact k nearest neighbours into index (nq, k); returns the kernel's name. Private: call "
+        "fastattn.knn.");
   m.def("linear", &linear, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("out"),
         "y = x W^T + b on this library's threads; returns the kernel's name. Private: the general "
         "attention module's score transforms.");
@@ -754,6 +760,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("available_isas", [] { return names(fastattn::cpu::available_isas()); });
   m.def("get_num_threads", &fastattn::cpu::get_num_threads);
   m.def("set_num_threads", &fastattn::cpu::set_num_threads, py::arg("n"));
+  m.attr("MAX_THREADS") = fastattn::cpu::kMaxThreads;
   m.def("build_info", [] {
     py::dict info;
     info["compiler"] = FASTATTN_BUILD_COMPILER;

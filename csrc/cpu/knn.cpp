@@ -8,6 +8,7 @@
 // not farther than the current k-th best (equal distance is visited, so ties resolve exactly).
 // Candidates are ranked by (squared distance, index): ties go to the lower index.
 #include "cpu/knn.h"
+#include "cpu/threads.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -154,10 +155,9 @@ void knn(const KnnParams& p) {
   const int64_t found = std::min(p.k, p.n);
   const bool parallel = p.num_threads > 1 && p.nq * (found + 1) > 4096;
   int failed = 0;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(parallel ? p.num_threads : 1)
-#endif
-  {
+  // The searches: in a parallel region when `parallel` (the omp for inside shares them out), else
+  // on the calling thread without entering OpenMP at all (a forked child may not; threads.h).
+  const auto searches = [&] {
     double* dist = new (std::nothrow) double[size_t(std::max<int64_t>(found, 1) + p.d)];
     double* off = dist + std::max<int64_t>(found, 1);
 #ifdef _OPENMP
@@ -180,6 +180,15 @@ void knn(const KnnParams& p) {
       for (int64_t j = found; j < p.k; ++j) row[j] = -1;
     }
     delete[] dist;
+  };
+  if (parallel) {
+    note_parallel_region();
+#ifdef _OPENMP
+#pragma omp parallel num_threads(p.num_threads)
+#endif
+    searches();
+  } else {
+    searches();
   }
   if (failed) throw std::bad_alloc();
 }

@@ -30,6 +30,7 @@
 #include <new>
 
 #include "cpu/half.h"
+#include "cpu/threads.h"
 #include "fastattn/sdpa_params.h"
 
 namespace fastattn {
@@ -1050,6 +1051,7 @@ static void for_each_unit(int64_t units, bool parallel, int threads, size_t scra
     return;
   }
   int failed = 0;
+  cpu::note_parallel_region();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif

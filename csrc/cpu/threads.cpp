@@ -3,6 +3,11 @@
 #include <atomic>
 #include <cstdlib>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define FASTATTN_HAVE_ATFORK 1
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #if defined(__unix__) || defined(__APPLE__)
@@ -21,7 +26,14 @@ int env_threads(const char* name) {
   if (s == nullptr) return 0;
   char* end = nullptr;
   const long n = std::strtol(s, &end, 10);
-  return (end != s && *end == '\0' && n > 0 && n < 1 << 16) ? int(n) : 0;
+  return (end != s && *end == '\0' && n > 0 && n <= kMaxThreads) ? int(n) : 0;
+}
+
+std::atomic<bool> entered_parallel{false};  // some kernel has run a parallel region
+std::atomic<bool> forked_child{false};      // this process was forked after that
+
+void on_fork_child() {
+  if (entered_parallel.load()) forked_child.store(true);
 }
 
 int default_threads() {
@@ -34,8 +46,15 @@ int default_threads() {
 #endif
 }
 
+// Also registers the fork handler, on the first kernel call: every kernel asks for the thread
+// count before it could start a parallel region.
 std::atomic<int>& threads() {
-  static std::atomic<int> n{default_threads()};
+  static std::atomic<int> n{[] {
+#ifdef FASTATTN_HAVE_ATFORK
+    pthread_atfork(nullptr, nullptr, on_fork_child);
+#endif
+    return default_threads();
+  }()};
   return n;
 }
 
@@ -43,13 +62,16 @@ std::atomic<int>& threads() {
 
 int get_num_threads() {
 #ifdef _OPENMP
-  return threads().load();
+  const int n = threads().load();
+  return forked_child.load(std::memory_order_relaxed) ? 1 : n;
 #else
   return 1;  // without OpenMP every kernel runs on the calling thread
 #endif
 }
 
 void set_num_threads(int n) { threads().store(n); }
+
+void note_parallel_region() { entered_parallel.store(true, std::memory_order_relaxed); }
 
 bool openmp_enabled() {
 #ifdef _OPENMP

@@ -69,7 +69,8 @@ def _cuda_devices() -> Tuple[List[Dict[str, Any]], Optional[str]]:
 
 def _check_name(name: str) -> str:
     if name not in _NAMES:
-        raise ValueError(f"backend must be one of {list(_NAMES)}, got {name!r}")
+        origin = "FASTATTN_BACKEND (environment)" if name is _env_backend else "backend"
+        raise ValueError(f"{origin} must be one of {list(_NAMES)}, got {name!r}")
     return name
 
 
@@ -142,10 +143,12 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads the CPU kernels use (n >= 1), for all later calls."""
+    """Set the number of threads the CPU kernels use (1 <= n <= 1024), for all later calls. In a
+    process forked after a kernel ran on several threads, kernels run on one thread whatever n is
+    (GNU OpenMP's threads do not survive fork(); start workers with "spawn" or "forkserver")."""
     n = operator.index(n)
-    if n < 1:
-        raise ValueError(f"the number of threads must be >= 1, got {n}")
+    if not 1 <= n <= _cpu.MAX_THREADS:
+        raise ValueError(f"the number of threads must be between 1 and {_cpu.MAX_THREADS}, got {n}")
     _cpu.set_num_threads(n)
 
 

@@ -108,5 +108,5 @@ def knn(points: ArrayLike, k: int, *, queries: Optional[ArrayLike] = None) -> np
     """
     pts, qs, k = _vector_args.prepare_knn(points, k, queries)
     index = np.empty((qs.shape[0], k), np.int64)
-    _cpu.knn(pts, qs, index)
+    _backend.record_kernel(_cpu.knn(pts, qs, index))
     return index
