@@ -19,11 +19,18 @@ the point is the mechanics, not the text.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-import numpy as np
+# The MLP and output projections run on NumPy's OpenBLAS, the attention on fastattn's OpenMP
+# threads: after each matmul OpenBLAS's idle threads spin for a while and take the cores from the
+# kernel that follows, so the uncached steps looked flat (16 ms at every length on 2 cores). Ask
+# them to sleep sooner; OpenBLAS reads this when NumPy is first imported, so it must come first.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-import fastattn
+import numpy as np  # noqa: E402
+
+import fastattn  # noqa: E402
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,;:!?-'ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789()[]{}<>/\\|@#$%^"
 

@@ -2,6 +2,8 @@
 
     python examples/point_cloud_attention.py [--points 6000] [--neighbours 16] [--png PATH]
 
+(the PNG goes next to this script unless --png says otherwise)
+
 What it does (everything generated here, no downloads):
 
 1. Samples a shape: a torus with a sphere through its hole, points on both surfaces, shuffled.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -80,7 +83,7 @@ def main():
     parser.add_argument("--neighbours", type=int, default=16)
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--groups", type=int, default=4)
-    parser.add_argument("--png", default="examples/point_cloud_attention.png", help="'' to skip the plot")
+    parser.add_argument("--png", default=str(Path(__file__).with_suffix(".png")), help="'' to skip the plot")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)

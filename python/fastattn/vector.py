@@ -102,7 +102,7 @@ def knn(points: ArrayLike, k: int, *, queries: Optional[ArrayLike] = None) -> np
     """Exact k nearest neighbours by Euclidean distance, from a k-d tree, threaded over queries.
 
     points ``(N, D)``; queries ``(Nq, D)`` (default: the points themselves, so each point's own
-    index comes first). Returns int64 ``(Nq, k)``: row i lists the k points nearest to query i,
+    index comes first, unless a lower-indexed point has the same coordinates). Returns int64 ``(Nq, k)``: row i lists the k points nearest to query i,
     nearest first, ties to the lower index; when k > N the columns past N are -1 (which
     ``vector_attention`` reads as "no neighbour").
     """
