@@ -1031,3 +1031,19 @@ def test_results_outlive_the_next_call(rng, score):
     assert np.array_equal(out, kept)
     assert not np.shares_memory(out, out2)
     assert np.array_equal(out, fastattn.attention(*first[:3], score=score, params=first[3]))
+
+
+def test_sparsemax_threshold_over_a_large_support(rng):
+    # Near-equal scores put thousands of keys in the support; the threshold tau comes from their
+    # sum, which a plain float32 running sum left 1e-5 off (weights summing to 1 +- 1e-5).
+    lk = 20000
+    q = rng.standard_normal((2, 3, 16))
+    q = (3e-4 * q / np.linalg.norm(q, axis=-1, keepdims=True)).astype(np.float32)
+    k = rng.standard_normal((2, lk, 16)).astype(np.float32)
+    v = (10 + rng.standard_normal((2, lk, 4))).astype(np.float32)
+    out, w = fastattn.attention(q, k, v, score="dot", align="sparsemax", return_weights=True)
+    ref, ref_w = attention_reference(q, k, v, score="dot", align="sparsemax")
+    assert (w > 0).sum(-1).min() > 1000
+    assert np.abs(w.astype(np.float64).sum(-1) - 1).max() < 1e-6
+    np.testing.assert_allclose(w, ref_w, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=0)
