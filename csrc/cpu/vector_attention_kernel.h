@@ -610,7 +610,8 @@ struct VectorAttentionPlan {
   // in a per-vector array instead, GCC kept the array on the stack and reloaded it for every pair
   // (the PTv2 layer 1.5 ms slower on one thread).
   //
-  // kToOutput: the segment is the query's whole candidate list, so the sums start from zero and
+  // The segment's sums start from zero and are added to acc at the end (two-level summation, as in
+  // aggregate_vector). kToOutput: the segment is the query's whole candidate list, so the sums
   // leave as the output, acc[c] = sum * inv[g(c)] with inv the reciprocal softmax sums ("acc" is
   // then the output row): no accumulator row in scratch to load, store and finish.
   template <bool kPos, int NK, int kKind, bool kNextGroup = false, bool kToOutput = false>
@@ -619,7 +620,7 @@ struct VectorAttentionPlan {
     V a[NK];
     int64_t go[NK];
     for (int kk = 0; kk < NK; ++kk) {
-      a[kk] = kToOutput ? V::zero() : V::load(acc + (k0 + kk) * W);
+      a[kk] = V::zero();
       go[kk] = g0[k0 + kk];
     }
     const T* e0 = e + (kNextGroup ? go[0] : 0);
@@ -642,7 +643,10 @@ struct VectorAttentionPlan {
       }
     }
     for (int kk = 0; kk < NK; ++kk) {
-      if (kToOutput) a[kk] = a[kk] * expand<kKind>(inv, k0 + kk, tmp);
+      if (kToOutput)
+        a[kk] = a[kk] * expand<kKind>(inv, k0 + kk, tmp);
+      else
+        a[kk] = a[kk] + V::load(acc + (k0 + kk) * W);
       a[kk].store(acc + (k0 + kk) * W);
     }
   }
@@ -678,9 +682,9 @@ struct VectorAttentionPlan {
     }
     for (int64_t c = c_full; c < p.c; ++c) {
       const int64_t g = gmap[c];
-      T sum = kToOutput ? T(0) : acc[c];
+      T sum = T(0);
       for (int64_t t = 0; t < n; ++t) sum += e[t * W + g] * (kPos ? vrows[t][c] + prows[t][c] : vrows[t][c]);
-      acc[c] = kToOutput ? sum * inv[g] : sum;
+      acc[c] = kToOutput ? sum * inv[g] : acc[c] + sum;
     }
   }
 
@@ -905,18 +909,20 @@ struct VectorAttentionPlan {
     }
     for (int64_t c = c_full; c < p.c; ++c) {
       const int64_t g = gmap[c];
-      T sum = acc[c];
+      T sum = T(0);
       for (int64_t t = 0; t < n; ++t) sum += e[t * gs + g] * (kPos ? vrows[t][c] + prows[t][c] : vrows[t][c]);
-      acc[c] = sum;
+      acc[c] += sum;
     }
   }
 
   template <bool kPos, int kKind>
   void aggregate_vector(const T* e, int64_t n, const T* const* vrows, const T* const* prows, T* acc,
                         int64_t k, T* tmp) const {
-    // Four partial sums, so consecutive candidates do not wait on each other's FMA latency.
+    // Four partial sums, so consecutive candidates do not wait on each other's FMA latency, from
+    // zero and added to acc at the end: summed in two levels (candidates within a tile, then
+    // tiles), a long candidate list's rounding error stays near a blocked GEMM's.
     const int64_t c0 = k * W;
-    V a[4] = {V::load(acc + c0), V::zero(), V::zero(), V::zero()};
+    V a[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
     int64_t t = 0;
     for (; t + 4 <= n; t += 4)
       for (int u = 0; u < 4; ++u) {
@@ -928,7 +934,7 @@ struct VectorAttentionPlan {
       const V x = kPos ? V::load(vrows[t] + c0) + V::load(prows[t] + c0) : V::load(vrows[t] + c0);
       a[0] = fma(expand<kKind>(e + t * gs, k, tmp), x, a[0]);
     }
-    ((a[0] + a[1]) + (a[2] + a[3])).store(acc + c0);
+    (V::load(acc + c0) + ((a[0] + a[1]) + (a[2] + a[3]))).store(acc + c0);
   }
 
   // out = acc / l per group (0 where no key was visible); weights = 2^(logit - max) / l.
