@@ -1046,4 +1046,6 @@ def test_sparsemax_threshold_over_a_large_support(rng):
     assert (w > 0).sum(-1).min() > 1000
     assert np.abs(w.astype(np.float64).sum(-1) - 1).max() < 1e-6
     np.testing.assert_allclose(w, ref_w, rtol=0, atol=1e-8)
-    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=0)
+    # The context sums thousands of weighted values near 10: float32 summation alone leaves about
+    # 1e-6 of it (README's limits of the accuracy bounds); before the fix it was 1e-5.
+    np.testing.assert_allclose(out, ref, rtol=3e-6, atol=0)
