@@ -621,16 +621,23 @@ def _vector_lowest_mask(form, mlp):
     return make
 
 
-def _mha_lowest_padding(rng):
-    # a float key_padding_mask as Hugging Face builds it: finfo.min on padded keys, every key of
-    # the second sequence padded
-    layer = fastattn.MultiHeadAttention(8, 2, seed=int(rng.integers(1 << 30)))
-    x = randn(rng, (2, 5, 8))
-    pad = np.zeros((2, 5), np.float32)
-    pad[0, 3:] = pad[1] = np.finfo(np.float32).min
-    out, w = layer(x, x, x, key_padding_mask=pad, need_weights=True)
-    ref, ref_w = mha_reference(layer.state_dict(), 2, 2, x, x, x, key_padding_mask=pad)
-    return [out, w], [ref, ref_w.mean(axis=1)]
+def _mha_lowest_padding(low, with_mask=False):
+    # a float key_padding_mask as Hugging Face builds it: a very low value on padded keys, every
+    # key of the second sequence padded; optionally an attn_mask of -1e38 on some of the same keys
+    # (the two add up to -2e38, past what float32 can scale to base 2)
+    def make(rng):
+        layer = fastattn.MultiHeadAttention(8, 2, seed=int(rng.integers(1 << 30)))
+        x = randn(rng, (2, 5, 8))
+        pad = np.zeros((2, 5), np.asarray(low).dtype)
+        pad[0, 3:] = pad[1] = low
+        mask = None
+        if with_mask:
+            mask = np.zeros((5, 5), np.float32)
+            mask[:, 3:] = -1e38
+        out, w = layer(x, x, x, key_padding_mask=pad, attn_mask=mask, need_weights=True)
+        ref, ref_w = mha_reference(layer.state_dict(), 2, 2, x, x, x, key_padding_mask=pad, attn_mask=mask)
+        return [out, w], [ref, ref_w.mean(axis=1)]
+    return make
 
 
 HUGE_LOGITS = table("huge_logits", [
@@ -653,7 +660,10 @@ HUGE_LOGITS = table("huge_logits", [
      _sdpa_lowest_mask(40, np.float64, -1e300)),
     ("vector_attention: dense, mask at finfo(float32).min", _vector_lowest_mask("dense", False)),
     ("vector_attention: neighbour, weight MLP, mask at finfo(float32).min", _vector_lowest_mask("neighbour", True)),
-    ("MultiHeadAttention: key_padding_mask at finfo(float32).min", _mha_lowest_padding),
+    ("MultiHeadAttention: key_padding_mask at finfo(float32).min", _mha_lowest_padding(np.finfo(np.float32).min)),
+    ("MultiHeadAttention: float64 key_padding_mask of -1e300", _mha_lowest_padding(np.float64(-1e300))),
+    ("MultiHeadAttention: key_padding_mask and attn_mask at -1e38 each",
+     _mha_lowest_padding(np.float32(-1e38), with_mask=True)),
 ])
 
 

@@ -251,8 +251,9 @@ struct SdpaPlan {
   static constexpr int MRn = Tuning::narrow_rows;
   static constexpr int64_t NR = int64_t(NV) * W;
   // Keys per tile: BN, or BNs on the blocked path when a key's K and V rows take at most
-  // kShortRowBytes (float32 head dims up to 64): a tile's K and V then take about the bytes of BN
-  // keys of head dim 128, and each micro-kernel call runs over more keys. On AVX2, 96 keys instead
+  // kShortRowBytes in the compute type (head dims up to 64 in float32, which float16 and bfloat16
+  // are widened to; up to 32 in float64): a tile's K and V then take about the bytes of BN keys of
+  // float32 head dim 128, and each micro-kernel call runs over more keys. On AVX2, 96 keys instead
   // of 48 take 1-2% off the D = 64 prefill shapes (one thread, cycles per score in a harness on
   // this header); the row-wise (decode) path keeps BN.
   static constexpr int64_t BN = round_up(round_up(Tuning::block_n, MR), MRn);
@@ -652,11 +653,12 @@ struct SdpaPlan {
     }
   }
 
-  // The key range of split s of an item: whole tiles, in order (empty for splits past the end).
-  void narrow_to_split(Item& it, int64_t s) const {
+  // The key range of split s of an item: whole tiles of `tile` keys (the path's), in order (empty
+  // for splits past the end).
+  void narrow_to_split(Item& it, int64_t s, int64_t tile) const {
     if (splits == 1) return;
     const int64_t range = max64(0, it.key_end - it.key_begin);
-    const int64_t chunk = round_up((range + splits - 1) / splits, BN);
+    const int64_t chunk = round_up((range + splits - 1) / splits, tile);
     it.key_begin = min64(it.key_end, it.key_begin + s * chunk);
     it.key_end = min64(it.key_end, it.key_begin + chunk);
   }
@@ -741,7 +743,7 @@ template <int R, int NVb>
 void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
   constexpr int64_t NRb = int64_t(NVb) * W;
   Item it = locate(item, scratch, NRb);
-  narrow_to_split(it, s);
+  narrow_to_split(it, s, bn);
   const int64_t d = p.d, dv = p.dv, ld = it.cols_pad;
   pack_queries<R, NVb>(it, scratch);
   for (int64_t i = 0; i < dv * ld; ++i) it.o[i] = T(0);
@@ -997,7 +999,7 @@ void SdpaPlan<E>::scores_rowwise_blocks(const Item& it, int64_t j0, int64_t n) c
 template <class E>
 void SdpaPlan<E>::run_item_rowwise(int64_t item, int64_t s, T* scratch) const {
   Item it = locate(item, scratch, W);
-  narrow_to_split(it, s);
+  narrow_to_split(it, s, BN);
   const int64_t d = p.d, dv = p.dv, ld = it.cols_pad, cols = it.cols;
   for (int64_t c = 0; c < cols; ++c) load_query_row(it, c, it.q + c * d, scratch);
   for (int64_t i = cols * d; i < W * d; ++i) it.q[i] = T(0);  // padding queries of the score blocks

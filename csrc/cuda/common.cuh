@@ -27,6 +27,14 @@ __device__ __forceinline__ T mask_base2(T add) {
   return a;
 }
 
+// A float64 mask entry in the compute type T, finite whenever it is, as the CPU path clips float64
+// masks to float32's range (-1e300 would otherwise cast to -inf and hide its key); NaN stays NaN.
+template <class T>
+__device__ __forceinline__ T mask_from_f64(double x) {
+  constexpr double big = double(::cuda::std::numeric_limits<T>::max());
+  return (isnan(x) || isinf(x)) ? T(x) : T(fmin(fmax(x, -big), big));
+}
+
 __device__ __forceinline__ float to_compute(float x) { return x; }
 __device__ __forceinline__ double to_compute(double x) { return x; }
 __device__ __forceinline__ float to_compute(__half x) { return __half2float(x); }
@@ -137,7 +145,7 @@ struct RowMask {
       case MaskType::boolean:
         return reinterpret_cast<const uint8_t*>(at_mask)[at] ? s2 : neg_inf;
       case MaskType::f32: add = T(reinterpret_cast<const float*>(at_mask)[at]); break;
-      case MaskType::f64: add = T(reinterpret_cast<const double*>(at_mask)[at]); break;
+      case MaskType::f64: add = mask_from_f64<T>(reinterpret_cast<const double*>(at_mask)[at]); break;
       case MaskType::f16: add = T(__half2float(reinterpret_cast<const __half*>(at_mask)[at])); break;
       default: add = T(__bfloat162float(reinterpret_cast<const __nv_bfloat16*>(at_mask)[at])); break;
     }

@@ -278,12 +278,15 @@ __global__ void __launch_bounds__(Cfg<E, kD>::kThreads) sdpa_mma_kernel(const Sd
       m[r] = mx[r];
       l[r] *= alpha[r];
     }
+    // A factor of exactly 0 gives every value summed so far weight 0: they are skipped (o = 0), as
+    // in the other kernels, so an Inf among them (padding at a finite mask value, then a far
+    // larger score) cannot make 0 x Inf = NaN.
 #pragma unroll
     for (int i = 0; i < kD / 8; ++i) {
-      o[i][0] *= alpha[0];
-      o[i][1] *= alpha[0];
-      o[i][2] *= alpha[1];
-      o[i][3] *= alpha[1];
+      o[i][0] = alpha[0] == 0.f ? 0.f : o[i][0] * alpha[0];
+      o[i][1] = alpha[0] == 0.f ? 0.f : o[i][1] * alpha[0];
+      o[i][2] = alpha[1] == 0.f ? 0.f : o[i][2] * alpha[1];
+      o[i][3] = alpha[1] == 0.f ? 0.f : o[i][3] * alpha[1];
     }
 #pragma unroll
     for (int nt = 0; nt < kBN / 8; ++nt)

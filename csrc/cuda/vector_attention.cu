@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) vector_attention_kernel(co
       if (p.mask_type == MaskType::boolean) {
         if (!reinterpret_cast<const uint8_t*>(M)[at]) j = -1;
       } else {
-        add = p.mask_type == MaskType::f64 ? T(reinterpret_cast<const double*>(M)[at])
+        add = p.mask_type == MaskType::f64 ? mask_from_f64<T>(reinterpret_cast<const double*>(M)[at])
                                            : T(reinterpret_cast<const float*>(M)[at]);
         if (add == neg_inf) j = -1;
       }

@@ -86,7 +86,9 @@ def _window_extent(x: Any, which: str) -> int:
 def _is_pair_sequence(x: Any) -> bool:
     """A tuple, list or 1-D array of two items (not a mapping or set, whose items are not what
     x[0] and x[1] read)."""
-    return isinstance(x, (tuple, list, np.ndarray)) and len(x) == 2
+    if isinstance(x, np.ndarray):
+        return x.ndim == 1 and len(x) == 2
+    return isinstance(x, (tuple, list)) and len(x) == 2
 
 
 def _window(window: Any) -> Tuple[int, int]:
@@ -123,19 +125,23 @@ def check_mask_shape(shape: Tuple[int, ...], full: Tuple[int, ...]) -> None:
         raise ValueError(f"attn_mask of shape {tuple(shape)} does not broadcast to {full}")
 
 
+def float_mask_as(m: np.ndarray, cdt: np.dtype) -> np.ndarray:
+    """An additive float mask in the compute dtype cdt, its finite entries kept finite: -1e300 in
+    a float64 mask would cast to float32's -inf, which hides its key (the float64 reference only
+    down-weights it)."""
+    if m.dtype.itemsize > cdt.itemsize:
+        info = np.finfo(cdt)
+        m = np.where(np.isinf(m), m, np.clip(m, info.min, info.max))
+    return m.astype(cdt, copy=False)
+
+
 def mask_operand(attn_mask: Any, dtype: np.dtype, full: Tuple[int, ...]) -> np.ndarray:
     """The mask as bool or as the compute dtype, with full's ndim, each dim 1 or full's."""
     m = np.asarray(attn_mask)
     if m.dtype != np.bool_:
         if not _dtypes.is_supported_float(_dtypes.native(m.dtype)):
             raise mask_dtype_error(m.dtype)
-        cdt = _dtypes.compute_dtype(dtype)
-        if m.dtype.itemsize > cdt.itemsize:
-            # Finite entries stay finite: -1e300 in a float64 mask would cast to float32's -inf,
-            # which hides its key (the float64 reference only down-weights it).
-            info = np.finfo(cdt)
-            m = np.where(np.isinf(m), m, np.clip(m, info.min, info.max))
-        m = m.astype(cdt, copy=False)
+        m = float_mask_as(m, _dtypes.compute_dtype(dtype))
     check_mask_shape(m.shape, full)
     m = _with_leading_ones(m, len(full))
     if not m.flags.aligned or any(s % m.itemsize for s in m.strides):

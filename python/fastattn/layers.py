@@ -338,7 +338,7 @@ def _combine_masks(padding: Optional[np.ndarray], attn_mask: Optional[np.ndarray
             return lengths, attn_mask
         pad = visible[:, None, None, :]
     else:
-        pad = padding.astype(cdt, copy=False)[:, None, None, :]
+        pad = _sdpa_args.float_mask_as(padding, cdt)[:, None, None, :]
     if attn_mask is None:
         return None, pad
     if pad.dtype == np.bool_ and attn_mask.dtype == np.bool_:
@@ -347,7 +347,8 @@ def _combine_masks(padding: Optional[np.ndarray], attn_mask: Optional[np.ndarray
         return None, np.where(pad, attn_mask, -np.inf).astype(cdt, copy=False)
     if attn_mask.dtype == np.bool_:
         return None, np.where(attn_mask, pad, -np.inf).astype(cdt, copy=False)
-    return None, pad + attn_mask
+    # Summed in float64: two float32 entries near the lowest finite value would overflow to -inf.
+    return None, _sdpa_args.float_mask_as(pad.astype(np.float64) + attn_mask, cdt)
 
 
 def _attention_weights(q: np.ndarray, k: np.ndarray, lse: np.ndarray, mask: Optional[np.ndarray],
