@@ -355,6 +355,25 @@ def test_fully_masked_rows_and_nonfinite_values(dtype):
 
 
 @needs_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lowest_finite_padding_with_inf_values(dtype):
+    # Left padding at np.finfo(float32).min (Hugging Face's value) over the first key tiles, with
+    # Inf in the padded value rows: those keys are visible (finite mask) but their weights become
+    # exactly 0 once the real keys' scores arrive, so their values are skipped (README), never
+    # 0 x Inf = NaN. A float64 mask of -1e300 keeps its keys visible too (clipped, as on the CPU).
+    q, k, v = _rand((1, 2, 70, 64), dtype), _rand((1, 2, 200, 64), dtype), _rand((1, 2, 200, 64), dtype)
+    v[..., :130, :] = float("inf")
+    for low, mdt in ((np.finfo(np.float32).min, torch.float32), (-1e300, torch.float64)):
+        mask = torch.zeros(70, 200, dtype=mdt, device="cuda")
+        mask[:, :130] = low
+        out, lse = fastattn.scaled_dot_product_attention(q, k, v, attn_mask=mask, return_lse=True)
+        assert not torch.isnan(out).any(), low
+        v_ref = v.clone()
+        v_ref[..., :130, :] = 0  # weight exactly 0: skipped, as the reference's rule says
+        _compare(out, lse, q, k, v_ref, dtype, attn_mask=mask.cpu().numpy())
+
+
+@needs_torch
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_empty_shapes(dtype):
     for qs, ks, vs in [((2, 0, 5, 64), (2, 0, 7, 64), (2, 0, 7, 64)),  # no heads
