@@ -81,3 +81,45 @@ def test_matches_safetensors_package(tmp_path, rng):
     got = read_safetensors(path)
     for name, a in tensors.items():
         assert np.array_equal(got[name], a) and got[name].dtype == a.dtype
+
+
+def _raw_file(path, header, data=b"\0" * 8):
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head)) + head + data)
+    return path
+
+
+def _entry(dtype="F32", shape=(2,), offsets=(0, 8)):
+    return {"dtype": dtype, "shape": list(shape) if isinstance(shape, tuple) else shape,
+            "data_offsets": list(offsets) if isinstance(offsets, tuple) else offsets}
+
+
+@pytest.mark.parametrize("header,words", [
+    (b"", "not UTF-8 JSON"),
+    (b"{nope", "not UTF-8 JSON"),
+    (b"\xff\xfe{}", "not UTF-8 JSON"),
+    (b"[" * 100000 + b"]" * 100000, "not UTF-8 JSON"),
+    ([1, 2], "must be a JSON object"),
+    ({"a": 5}, "needs dtype, shape and data_offsets"),
+    ({"a": {"shape": [2], "data_offsets": [0, 8]}}, "needs dtype, shape and data_offsets"),
+    ({"a": _entry(dtype=["F32"])}, "not a dtype name"),
+    ({"a": _entry(shape=[2.7])}, "non-negative ints"),
+    ({"a": _entry(shape="12")}, "non-negative ints"),
+    ({"a": _entry(shape=[True, 2])}, "non-negative ints"),
+    ({"a": _entry(shape=[-1, -2])}, "non-negative ints"),
+    ({"a": _entry(offsets=[0.5, 8])}, "non-negative ints"),
+    ({"a": _entry(offsets=[0, 4, 8])}, "non-negative ints"),
+    ({"a": _entry(shape=[2 ** 64, 0], offsets=[0, 0]), "b": _entry()}, "NumPy cannot make"),
+    ({"a": _entry(shape=(1,), offsets=(0, 4)), "b": _entry(offsets=(4, 12))}, "does not fit"),
+    ({"a": _entry(), "b": _entry(dtype="I32")}, "overlaps another"),
+    ({"a": _entry(shape=(1,), offsets=(4, 8))}, "leaves a gap"),
+    ({"a": _entry(shape=(1,), offsets=(0, 4))}, "after the last tensor"),
+    (b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+     b'"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', "duplicate names"),
+])
+def test_malformed_headers_raise_value_error(tmp_path, header, words):
+    # Each gave an unrelated exception (AttributeError, KeyError, OverflowError...) or silently
+    # wrong data (a float shape truncated, a string shape iterated, overlapping tensors aliased).
+    path = _raw_file(tmp_path / "bad.safetensors", header)
+    with pytest.raises(ValueError, match=words):
+        read_safetensors(path)

@@ -306,6 +306,15 @@ def test_hf_bert_loader_errors(rng):
         fastattn.MultiHeadAttention.from_hf_bert(weights, 2)
     with pytest.raises(ValueError, match="self.query.weight"):
         fastattn.MultiHeadAttention.from_hf_bert(_bert_weights(rng, 16, "a."), 2, prefix="b.")
+    # Biases of wrong lengths whose total is right loaded shifted into the wrong heads.
+    weights = _bert_weights(rng, 16, "")
+    weights["self.query.bias"], weights["self.key.bias"] = weights["self.query.bias"][:15], np.zeros(17, np.float32)
+    with pytest.raises(ValueError, match=r"self.query.bias has shape \(15,\), expected \(16,\)"):
+        fastattn.MultiHeadAttention.from_hf_bert(weights, 2)
+    weights = _bert_weights(rng, 16, "")
+    weights["output.dense.weight"] = weights["output.dense.weight"][:, :15]
+    with pytest.raises(ValueError, match=r"output \(16, 15\)"):
+        fastattn.hf.bert_attention_state_dict(weights)
 
 
 # ------------------------------------------------------------------------ errors
