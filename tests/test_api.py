@@ -373,3 +373,15 @@ def test_repeated_calls_deterministic(rng):
         b = sdpa(q, k, v, causal=True, return_lse=True)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("option", [["--json", "/nonexistent-dir/x.json"], ["--markdown", "."],
+                                    ["--png", "chart.txt"]])
+def test_bench_rejects_output_paths_before_running(option, capsys):
+    # The outputs are written after the whole timing run: a bad path used to fail only then,
+    # with a traceback (and a bad --png lost the JSON too).
+    from fastattn._benchmark import parse_args
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--shapes", "1,1,1,4,4,8", "--reps", "1"] + option)
+    assert info.value.code == 2
+    assert option[1] in capsys.readouterr().err

@@ -916,6 +916,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--threads must be >= 1")
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be >= 1")
+    # The outputs are written after the whole run: a path that cannot take them fails now, not then.
+    for option in ("json", "markdown", "png"):
+        path = getattr(args, option)
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            parser.error(f"--{option} {path}: not a file in a writable folder")
+        if option == "png" and not path.lower().endswith(".png"):
+            parser.error(f"--png {path}: the chart is a PNG; give a path ending in .png")
     return args
 
 
