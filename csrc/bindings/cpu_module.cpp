@@ -188,6 +188,15 @@ struct MaskOperand {
   }
 };
 
+// A C-contiguous array of exactly `count` elements of `itemsize` bytes, else an internal error.
+py::array contiguous_operand(py::handle h, const char* name, int64_t count, int64_t itemsize) {
+  py::array a = as_array(h, name);
+  if (a.size() != count || a.itemsize() != itemsize || !(a.flags() & py::array::c_style))
+    internal_error(std::string(name) + " has the wrong size, dtype or layout");
+  check_aligned(a, name);
+  return a;
+}
+
 // One call's kernel parameters with the storage they point into (per-batch offsets, kv lengths)
 // and references that keep the mask and lengths alive. Built from operands in kernel form.
 struct BoundCall {
@@ -221,20 +230,14 @@ struct BoundCall {
     const int64_t compute_size = dtype == DType::f64 ? 8 : 4;
     if (!q_proj.is_none()) {
       // Query rows of width dq, attended with W q + b (W (d, dq), b (d,) or None).
-      py::array w = as_array(q_proj, "q_proj");
       p.dq = q.shape(ndim - 1);
-      if (w.ndim() != 2 || w.shape(0) != p.d || w.shape(1) != p.dq || w.itemsize() != compute_size ||
-          !(w.flags() & py::array::c_style))
-        internal_error("q_proj is not a C-contiguous (d, dq) array of the compute dtype");
-      check_aligned(w, "q_proj");
+      py::array w = contiguous_operand(q_proj, "q_proj", p.d * p.dq, compute_size);
+      if (w.ndim() != 2 || w.shape(0) != p.d) internal_error("q_proj is not (d, dq)");
       p.q_proj = w.data();
       q_proj_ref = w;
       if (!q_proj_bias.is_none()) {
-        py::array b = as_array(q_proj_bias, "q_proj_bias");
-        if (b.ndim() != 1 || b.shape(0) != p.d || b.itemsize() != compute_size ||
-            !(b.flags() & py::array::c_style))
-          internal_error("q_proj_bias is not a contiguous (d,) array of the compute dtype");
-        check_aligned(b, "q_proj_bias");
+        py::array b = contiguous_operand(q_proj_bias, "q_proj_bias", p.d, compute_size);
+        if (b.ndim() != 1) internal_error("q_proj_bias is not (d,)");
         p.q_proj_bias = b.data();
         q_proj_bias_ref = b;
       }
@@ -466,15 +469,6 @@ py::str attention(py::handle q_handle, py::handle k_handle, py::handle v_handle,
                  (p.f64 ? "float64" : "float32"));
 }
 
-// A C-contiguous array of exactly `count` elements of `itemsize` bytes, else an internal error.
-py::array contiguous_operand(py::handle h, const char* name, int64_t count, int64_t itemsize) {
-  py::array a = as_array(h, name);
-  if (a.size() != count || a.itemsize() != itemsize || !(a.flags() & py::array::c_style))
-    internal_error(std::string(name) + " has the wrong size, dtype or layout");
-  check_aligned(a, name);
-  return a;
-}
-
 // fastattn.vector_attention on operands in kernel form (see fastattn/_vector_args.py): q
 // (*batch, lq, c), k and v (*batch, key_rows, c), out C-contiguous (*batch, lq, c), all float32 or
 // all float64; index None or C-contiguous int64 (lq, lk), values already checked, with no batch
@@ -601,14 +595,14 @@ py::str knn(py::handle points_handle, py::handle queries_handle, py::handle inde
   p.queries = queries.data();
   p.index = static_cast<int64_t*>(index.mutable_data());
   p.num_threads = fastattn::cpu::get_num_threads();
-  // One portable implementation, but a forced ISA the CPU lacks (or an unknown name) fails every
-  // kernel call alike, as README says: chosen_isa() raises then.
+  // One portable implementation (no ISA-specific code), searching in float64 whatever the points;
+  // still, a forced ISA the CPU lacks (or an unknown name) fails every kernel call alike, as README
+  // says: chosen_isa() raises then.
   (void)fastattn::cpu::chosen_isa();
   {
     py::gil_scoped_release release;
     fastattn::cpu::knn(p);
   }
-  // One portable implementation (no ISA-specific code), searching in float64 whatever the points.
   static const py::str* name = new py::str("cpu/scalar/knn/float64");
   return *name;
 }

@@ -26,7 +26,7 @@ def project(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None
     if x2.strides[-1] != x2.itemsize or not x2.flags.aligned or any(s % x2.itemsize for s in x2.strides):
         x2 = x2.copy(order="C")  # rows contiguous and aligned, as the kernel reads them
     w = c_contiguous(weight)
-    b = None if bias is None else bias.copy(order="C")
+    b = None if bias is None else c_contiguous(bias)
     shape = x.shape[:-1] + (n,)
     if scratch_slot is None:
         out = np.empty(shape, weight.dtype)
