@@ -335,12 +335,15 @@ struct AttentionPlan {
       for (int64_t j = 0; j < n; ++j) vrows[j] = v + (j0 + j) * p.v_row_stride;
       for (int64_t j = n; j < BN; ++j) vrows[j] = zero_row;
       const bool v_finite = rows_finite<V>(vrows, n, p.dv);
+      const T* vtile = v + j0 * p.v_row_stride;
       for (int64_t y0 = 0; y0 < p.dv; y0 += R) {
         const int r = int(min64(R, p.dv - y0));
         if (v_finite)
-          AccumulateTail<V, R, NV, false>::run(r, vrows, y0, st + j0 * NR, NR, n, ot + y0 * NR, NR);
+          AccumulateTail<V, R, NV, false>::run(r, vtile, p.v_row_stride, y0, st + j0 * NR, NR, n,
+                                                 ot + y0 * NR, NR);
         else
-          AccumulateTail<V, R, NV, true>::run(r, vrows, y0, st + j0 * NR, NR, n, ot + y0 * NR, NR);
+          AccumulateTail<V, R, NV, true>::run(r, vtile, p.v_row_stride, y0, st + j0 * NR, NR, n,
+                                                ot + y0 * NR, NR);
       }
     }
   }

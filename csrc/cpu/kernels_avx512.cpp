@@ -5,11 +5,16 @@
 
 namespace fastattn {
 namespace avx512 {
-// 32 zmm registers. Wide block: 12 keys (or value dims) x 2 vectors of 16 queries = 24
-// accumulators + 2 loaded + 1 broadcast. Narrow block (decode): 24 x 1.
+// 32 zmm registers. Wide block: 8 keys (or value dims) x 3 vectors of 16 queries = 24
+// accumulators + 3 loaded + 1 broadcast; 8 divides the usual head dims (12 x 2 left a 4-row tail
+// at 64 and 128, and its 12 key-row pointers did not fit the integer registers). Narrow block
+// (decode): 24 x 1. Items of about 192 queries: lq = 1024 splits into five items of 192 and one
+// of 64 (two 32-query blocks), where 144 left a last item of 16 on the narrow block. Measured on
+// a 2-core Cascade Lake (bench/RESULTS.md, eighth session): 12 x 2 with 128-query items reached
+// 84 GFLOP/s on one thread at (1,8,1024,1024,64), this tuning 100-104.
 struct Tuning {
-  static constexpr int micro_rows = 12, micro_vecs = 2, narrow_rows = 24;
-  static constexpr long block_n = 96, block_n_short = 96, cols_target = 128;
+  static constexpr int micro_rows = 8, micro_vecs = 3, narrow_rows = 24;
+  static constexpr long block_n = 96, block_n_short = 96, cols_target = 192;
 };
 }  // namespace avx512
 }  // namespace fastattn

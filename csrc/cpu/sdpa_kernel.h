@@ -161,22 +161,24 @@ static inline void score_micro(const typename V::T* const* krows, const typename
   }
 }
 
-// O^T[R x NV*W] += V^T[R value dims x n keys] . P^T[n x NV*W]; V row j starts at vrows[j].
+// O^T[R x NV*W] += V^T[R value dims x n keys] . P^T[n x NV*W]; V row j starts at v + j * vstride.
 // The tile's sum starts from zero and is added to O once: summing in two levels (keys within a
 // tile, then tiles) keeps the rounding error of long rows near that of a blocked GEMM.
 // With kSafe, a weight that is exactly 0 contributes exactly 0 even against an Inf/NaN value.
+// The rows are walked by a stride, not through row pointers: a pointer load and an add fewer per
+// key, in a loop whose 24 FMAs per key come with only about 15 other instructions on AVX-512.
 template <class V, int R, int NV, bool kSafe>
-static inline void accumulate_micro(const typename V::T* const* vrows, int64_t y0,
+static inline void accumulate_micro(const typename V::T* v, int64_t vstride, int64_t y0,
                                     const typename V::T* pt, int64_t ldp, int64_t n,
                                     typename V::T* ot, int64_t ldo) {
   constexpr int W = V::W;
   V acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < NV; ++c) acc[r][c] = V::zero();
-  for (int64_t j = 0; j < n; ++j) {
+  const typename V::T* vrow = v + y0;
+  for (int64_t j = 0; j < n; ++j, vrow += vstride) {
     V b[NV];
     for (int c = 0; c < NV; ++c) b[c] = V::load(pt + j * ldp + c * W);
-    const typename V::T* vrow = vrows[j] + y0;
     for (int r = 0; r < R; ++r) {
       const V a = V::set1(vrow[r]);
       for (int c = 0; c < NV; ++c) {
@@ -222,18 +224,18 @@ static inline void exp_block(typename V::T* s, int64_t lds, const typename V::T*
 // accumulate_micro for the last `rows` (< R) value dims: picks the instantiation at run time.
 template <class V, int R, int NV, bool kSafe>
 struct AccumulateTail {
-  static void run(int rows, const typename V::T* const* vrows, int64_t y0,
+  static void run(int rows, const typename V::T* v, int64_t vstride, int64_t y0,
                   const typename V::T* pt, int64_t ldp, int64_t n, typename V::T* ot,
                   int64_t ldo) {
     if (rows == R)
-      accumulate_micro<V, R, NV, kSafe>(vrows, y0, pt, ldp, n, ot, ldo);
+      accumulate_micro<V, R, NV, kSafe>(v, vstride, y0, pt, ldp, n, ot, ldo);
     else
-      AccumulateTail<V, R - 1, NV, kSafe>::run(rows, vrows, y0, pt, ldp, n, ot, ldo);
+      AccumulateTail<V, R - 1, NV, kSafe>::run(rows, v, vstride, y0, pt, ldp, n, ot, ldo);
   }
 };
 template <class V, int NV, bool kSafe>
 struct AccumulateTail<V, 0, NV, kSafe> {
-  static void run(int, const typename V::T* const*, int64_t, const typename V::T*, int64_t,
+  static void run(int, const typename V::T*, int64_t, int64_t, const typename V::T*, int64_t,
                   int64_t, typename V::T*, int64_t) {}
 };
 
@@ -324,6 +326,8 @@ struct SdpaPlan {
     T *q, *st, *o, *m, *l, *alpha, *tsum, *acc, *kw, *vw, *zero_row;
     const T** krows;
     const T** vrows;
+    const T* v0;  // the tile's value row j is v0 + j * v_stride (vrows[j] for j < n)
+    int64_t v_stride;
   };
 
   Item locate(int64_t item, T* scratch, int64_t col_multiple) const {
@@ -463,7 +467,7 @@ struct SdpaPlan {
   // n_pad point at zeros so micro-kernels always run whole register blocks. Returns whether the
   // values are all finite (true without check_values): if not, a weight that is exactly 0 (masked)
   // must skip its value.
-  bool gather_tile(const Item& it, int64_t j0, int64_t n, int64_t n_pad, bool check_values = true) const {
+  bool gather_tile(Item& it, int64_t j0, int64_t n, int64_t n_pad, bool check_values = true) const {
     const int64_t d = p.d, dv = p.dv;
     for (int64_t j = 0; j < n; ++j) {
       const E* krow = it.k + (j0 + j) * p.k_row_stride;
@@ -479,6 +483,8 @@ struct SdpaPlan {
       }
     }
     for (int64_t j = n; j < n_pad; ++j) it.krows[j] = it.vrows[j] = it.zero_row;
+    it.v0 = kWiden ? it.vw : reinterpret_cast<const T*>(it.v + j0 * p.v_row_stride);
+    it.v_stride = kWiden ? dv : p.v_row_stride;
     return !check_values || rows_finite<V>(it.vrows, n, dv);
   }
 
@@ -817,15 +823,15 @@ void SdpaPlan<E>::run_item_blocked(int64_t item, int64_t s, T* scratch) const {
     for (int64_t c0 = 0; c0 < ld; c0 += NRb) {
       int64_t lo = 0, hi = n;
       if (cut) band_keys(it, j0, n, c0, c0 + NRb, lo, hi);
-      const T* const* vrows = it.vrows + lo;
+      const T* v = it.v0 + lo * it.v_stride;
       const T* pt = it.st + lo * ld + c0;
       for (int64_t y0 = 0; y0 < dv && lo < hi; y0 += R) {
         const int r = int(min64(R, dv - y0));
         T* o = it.o + y0 * ld + c0;
         if (v_finite)
-          AccumulateTail<V, R, NVb, false>::run(r, vrows, y0, pt, ld, hi - lo, o, ld);
+          AccumulateTail<V, R, NVb, false>::run(r, v, it.v_stride, y0, pt, ld, hi - lo, o, ld);
         else
-          AccumulateTail<V, R, NVb, true>::run(r, vrows, y0, pt, ld, hi - lo, o, ld);
+          AccumulateTail<V, R, NVb, true>::run(r, v, it.v_stride, y0, pt, ld, hi - lo, o, ld);
       }
     }
   }

@@ -56,8 +56,8 @@ struct VF32 {
   // p * 2^n where the low bits of t hold the integer n, -126 < n < 128 (exp2_poly's magic-number
   // rounding): 2^n is built from those bits and multiplied in, so a NaN p stays NaN whatever its
   // payload (adding n to p's exponent bits instead would turn a NaN whose low payload bits are set
-  // into a number).
-  friend VF32 times_pow2(VF32 p, VF32 t) {
+  // into a number). The third operand, n as a value, is for AVX-512's vscalefps.
+  friend VF32 times_pow2(VF32 p, VF32 t, VF32) {
     const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(t.v), 23);
     const __m256i pow2 = _mm256_add_epi32(e, _mm256_set1_epi32(127 << 23));
     return {_mm256_mul_ps(p.v, _mm256_castsi256_ps(pow2))};
@@ -101,7 +101,7 @@ struct VF64 {
   friend VF64 select_eq(VF64 a, VF64 b, VF64 then, VF64 otherwise) {
     return {_mm256_blendv_pd(otherwise.v, then.v, _mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ))};
   }
-  friend VF64 times_pow2(VF64 p, VF64 t) {  // as VF32's, -1022 < n < 1024
+  friend VF64 times_pow2(VF64 p, VF64 t, VF64) {  // as VF32's, -1022 < n < 1024
     const __m256i e = _mm256_slli_epi64(_mm256_castpd_si256(t.v), 52);
     const __m256i pow2 = _mm256_add_epi64(e, _mm256_set1_epi64x(int64_t(1023) << 52));
     return {_mm256_mul_pd(p.v, _mm256_castsi256_pd(pow2))};

@@ -55,11 +55,12 @@ static inline V exp2_poly(V x) {
   // max/min return their second operand for NaN, so NaN passes through the clamp.
   const V xc = kClamp ? min(V::set1(C::hi), max(V::set1(C::lo), x)) : x;
   const V t = xc + V::set1(C::magic);
-  const V r = xc - (t - V::set1(C::magic));
+  const V n = t - V::set1(C::magic);
+  const V r = xc - n;
   V p = V::set1(C::coef[0]);
   for (int k = 1; k < C::degree; ++k) p = fma(p, r, V::set1(C::coef[k]));
   p = fma(p, r, V::set1(T(1)));
-  return zero_where_lt(x, V::set1(C::lo), times_pow2(p, t));
+  return zero_where_lt(x, V::set1(C::lo), times_pow2(p, t, n));
 }
 
 }  // namespace FASTATTN_ISA
