@@ -159,13 +159,14 @@ def test_tiled_weight_mlp_path(rng, s, c):
     # list longer than a tile (S=130: split, the softmax rescaled across the pieces); missing
     # neighbours, queries with none, both sharings and both linear relations, with weights.
     # C = 68 leaves channels past the last whole AVX2 vector in W1 delta; hidden = groups = 1 is
-    # the one-lane (scalar ISA) case of the same path.
+    # the one-lane (scalar ISA) case of the same path; 16 hidden units are AVX-512's own fast path
+    # (up to 8 go to the AVX2 kernel's there).
     n, m = 61, 40
     q, k, v = (rounded(rng.standard_normal((rows, c)), np.float32) for rows in (n, m, m))
     pos = rounded(rng.standard_normal((n, s, c)), np.float32)
     index = rng.integers(-1, m, (n, s))
     index[[0, 17, 60]] = -1
-    for relation, sharing, (hidden, groups) in itertools.product(("subtract", "add"), SHARINGS, [(8, 8 if c % 8 == 0 else 4), (3, 4), (1, 1)]):
+    for relation, sharing, (hidden, groups) in itertools.product(("subtract", "add"), SHARINGS, [(8, 8 if c % 8 == 0 else 4), (3, 4), (1, 1), (16, 16 if c % 16 == 0 else 4)]):
         mlp = mlp_for(rng, c, groups, hidden, np.float32)
         kw = dict(index=index, relation=relation, sharing=sharing)
         out, weights = fastattn.vector_attention(q[0], k[0], v[0], pos=pos[0], weight_mlp=mlp[0],

@@ -28,4 +28,7 @@ void fastattn::cpu::linear_avx2(const LinearParams& p) { fastattn::avx2::linear(
 void fastattn::cpu::vector_attention_avx2(const VectorAttentionParams& p) {
   fastattn::avx2::vector_attention(p);
 }
+bool fastattn::cpu::vector_attention_fast_path_avx2(const VectorAttentionParams& p) {
+  return fastattn::avx2::vector_attention_fast_path(p);
+}
 void fastattn::cpu::layer_norm_avx2(const LayerNormParams& p) { fastattn::avx2::layer_norm(p); }

@@ -981,6 +981,11 @@ static void vector_attention_typed(const VectorAttentionParams& p) {
                 [&plan](int64_t item, void* scratch) { plan.run_item(item, static_cast<T*>(scratch)); });
 }
 
+// Whether this ISA's fast path (uses_fast_path) takes p.
+static bool vector_attention_fast_path(const VectorAttentionParams& p) {
+  return p.f64 ? VectorAttentionPlan<double>::uses_fast_path(p) : VectorAttentionPlan<float>::uses_fast_path(p);
+}
+
 static void vector_attention(const VectorAttentionParams& p) {
   if (p.f64)
     vector_attention_typed<double>(p);
