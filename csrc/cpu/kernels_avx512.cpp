@@ -26,7 +26,18 @@ struct Tuning {
 #include "cpu/vector_attention_kernel.h"
 #include "cpu/layer_norm_kernel.h"
 
-void fastattn::cpu::sdpa_avx512(const SdpaParams& p) { fastattn::avx512::sdpa(p); }
+// Calls of at most 65536 flops (4 B Hq Lq Lk D: (1,1,1,16,16,16) has 16384) run on the AVX2
+// kernel: 16 queries or fewer fill at most one 512-bit vector and the 24-key narrow blocks are half
+// padding at Lk = 16, so the AVX-512 kernel was slower there, and from Python the whole call took
+// 0.5-1.3 us longer (5.4 against 4.8 us for the tiny shape; Cascade Lake, bench/RESULTS.md). From
+// (1,1,1,32,32,32) on, the AVX-512 kernel is faster.
+void fastattn::cpu::sdpa_avx512(const SdpaParams& p) {
+  const double flops = 4.0 * double(p.batch) * double(p.hq) * double(p.lq) * double(p.lk) * double(p.d);
+  if (flops <= 65536.0)
+    sdpa_avx2(p);
+  else
+    fastattn::avx512::sdpa(p);
+}
 void fastattn::cpu::attention_avx512(const AttentionParams& p) { fastattn::avx512::attention(p); }
 void fastattn::cpu::linear_avx512(const LinearParams& p) { fastattn::avx512::linear(p); }
 // A weight MLP whose hidden units and groups fit 256 bits (Point Transformer v2's 8 and 8 in
