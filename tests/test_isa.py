@@ -26,7 +26,9 @@ def _explain(r):
 def test_forced_isa_sweep(isa):
     seed = secrets.randbits(63)
     print(f"seed {seed}")
-    r = run_python(f"import isa_sweep; isa_sweep.main({isa!r}, {seed})", timeout=400, FASTATTN_CPU_ISA=isa)
+    # FASTATTN_CPU_HANDOVER=0: the forced ISA's own kernels on every shape, tiny ones included
+    r = run_python(f"import isa_sweep; isa_sweep.main({isa!r}, {seed})", timeout=400, FASTATTN_CPU_ISA=isa,
+                   FASTATTN_CPU_HANDOVER="0")
     assert r.returncode == 0, _explain(r)
     assert f"OK {isa}" in r.stdout, _explain(r)
 
@@ -36,7 +38,7 @@ def test_forced_isa_attention_sweep(isa):
     seed = secrets.randbits(63)
     print(f"seed {seed}")
     r = run_python(f"import isa_sweep; isa_sweep.attention_main({isa!r}, {seed})", timeout=400,
-                   FASTATTN_CPU_ISA=isa)
+                   FASTATTN_CPU_ISA=isa, FASTATTN_CPU_HANDOVER="0")
     assert r.returncode == 0, _explain(r)
     assert f"OK attention {isa}" in r.stdout, _explain(r)
 
@@ -113,3 +115,34 @@ def test_unavailable_isa_backends_raises(isa):
     assert last.startswith("RuntimeError") and isa in last, _explain(r)
     for avail in AVAILABLE:
         assert avail in last, f"message must name the available ISA {avail!r}: {last}"
+
+
+@pytest.mark.skipif("avx512" not in AVAILABLE, reason="needs a CPU with AVX-512")
+def test_avx512_hands_narrow_calls_to_avx2():
+    # On AVX-512, SDPA calls of at most 65536 flops and vector attention whose weight MLP fits 256
+    # bits run on the AVX2 kernels, and last_kernel() says so; FASTATTN_CPU_HANDOVER=0 keeps them
+    # on the AVX-512 kernels. The answers agree either way.
+    code = (
+        "import numpy as np, fastattn\n"
+        "rng = np.random.default_rng(0)\n"
+        "names = []\n"
+        "for shape in [(1, 1, 16, 16), (1, 1, 32, 32)]:\n"
+        "    q, k, v = (rng.standard_normal(shape, dtype=np.float32) for _ in range(3))\n"
+        "    fastattn.scaled_dot_product_attention(q, k, v)\n"
+        "    names.append(fastattn.last_kernel())\n"
+        "q, k, v = (rng.standard_normal((50, 64), dtype=np.float32) for _ in range(3))\n"
+        "index = rng.integers(0, 50, (50, 16))\n"
+        "for hidden in (8, 16):\n"
+        "    mlp = (rng.standard_normal((hidden, 64), dtype=np.float32), rng.standard_normal(hidden, dtype=np.float32),\n"
+        "           rng.standard_normal((8, hidden), dtype=np.float32), rng.standard_normal(8, dtype=np.float32))\n"
+        "    fastattn.vector_attention(q, k, v, index=index, weight_mlp=mlp)\n"
+        "    names.append(fastattn.last_kernel())\n"
+        "print(' '.join(names))\n"
+    )
+    r = run_python(code, timeout=120, FASTATTN_CPU_ISA="avx512")
+    assert r.returncode == 0, _explain(r)
+    assert r.stdout.split() == ["cpu/avx2/sdpa/float32", "cpu/avx512/sdpa/float32",
+                                "cpu/avx2/vector_attention/float32", "cpu/avx512/vector_attention/float32"], r.stdout
+    r = run_python(code, timeout=120, FASTATTN_CPU_ISA="avx512", FASTATTN_CPU_HANDOVER="0")
+    assert r.returncode == 0, _explain(r)
+    assert r.stdout.split() == ["cpu/avx512/sdpa/float32"] * 2 + ["cpu/avx512/vector_attention/float32"] * 2, r.stdout

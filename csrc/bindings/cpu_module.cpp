@@ -304,7 +304,7 @@ struct BoundCall {
     p.diag = diag;
     p.left = left < 0 ? fastattn::kUnbounded : left;
     p.right = right < 0 ? fastattn::kUnbounded : right;
-    isa = fastattn::cpu::chosen_isa();
+    isa = fastattn::cpu::sdpa_isa(fastattn::cpu::chosen_isa(), p);
   }
 
   // Runs the chosen ISA's kernel on `params` (this call's, or a copy with other data pointers)
@@ -560,7 +560,7 @@ py::str vector_attention(py::handle q_handle, py::handle k_handle, py::handle v_
     p.weights = weights_array.mutable_data();
   }
   p.num_threads = fastattn::cpu::get_num_threads();
-  const fastattn::cpu::Isa isa = fastattn::cpu::chosen_isa();
+  const fastattn::cpu::Isa isa = fastattn::cpu::vector_attention_isa(fastattn::cpu::chosen_isa(), p);
   const fastattn::cpu::VectorAttentionKernel kernel = fastattn::cpu::vector_attention_kernel(isa);
   {
     py::gil_scoped_release release;

@@ -118,6 +118,14 @@ std::vector<Isa> available_isas() {
   return out;
 }
 
+bool handover_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("FASTATTN_CPU_HANDOVER");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  return enabled;
+}
+
 Isa chosen_isa() {
   static std::once_flag once;
   static Isa chosen = Isa::scalar;

@@ -32,7 +32,7 @@ void linear_avx512(const LinearParams& p);
 void vector_attention_avx2(const VectorAttentionParams& p);
 void vector_attention_avx512(const VectorAttentionParams& p);
 // Whether the AVX2 kernel's fast path (weight MLP hidden units and groups fitting one 256-bit
-// vector) takes p: the AVX-512 kernel hands such calls to it (kernels_avx512.cpp says why).
+// vector) takes p: AVX-512 CPUs run such calls on it (dispatch.cpp says why).
 bool vector_attention_fast_path_avx2(const VectorAttentionParams& p);
 void layer_norm_avx2(const LayerNormParams& p);
 void layer_norm_avx512(const LayerNormParams& p);

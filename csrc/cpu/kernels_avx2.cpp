@@ -10,6 +10,7 @@ namespace avx2 {
 // (decode): 12 x 1. Key tiles of 48 keys, 96 for float32 head dims up to 64 (sdpa_kernel.h).
 struct Tuning {
   static constexpr int micro_rows = 4, micro_vecs = 3, narrow_rows = 12;
+  static constexpr int pv_unroll = 1;  // keys per pass of the P V micro-kernel
   static constexpr long block_n = 48, block_n_short = 96, cols_target = 96;
 };
 }  // namespace avx2

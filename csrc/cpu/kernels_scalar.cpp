@@ -7,6 +7,7 @@ namespace scalar {
 // One-lane "vectors": an 8 x 2 block still gives the compiler independent accumulators.
 struct Tuning {
   static constexpr int micro_rows = 8, micro_vecs = 2, narrow_rows = 8;
+  static constexpr int pv_unroll = 1;  // keys per pass of the P V micro-kernel
   static constexpr long block_n = 64, block_n_short = 64, cols_target = 64;
 };
 }  // namespace scalar

@@ -7,7 +7,8 @@
 // is exact and lies in [-1/2, 1/2]. 2^r is a polynomial whose error is below the type's rounding
 // error: for float a degree-6 fit on [-1/2, 1/2] (max relative error 1.0e-7 evaluated in float32,
 // under one ulp); for double the Taylor series of exp(r ln2) to degree 13 (truncation below
-// 5e-18). The result is the polynomial times 2^n, a power of two made from n's bits (exact).
+// 5e-18). The result is the polynomial times 2^n (exact: a power of two made from n's bits, or
+// AVX-512's vscalefps).
 // Inputs below `lo` (results below the smallest normal) give exactly 0, so 2^-inf == 0, which the
 // masking relies on; inputs above `hi` saturate to a large finite value (the kernels only
 // exponentiate s - max <= 0); NaN stays NaN, whatever its payload.
