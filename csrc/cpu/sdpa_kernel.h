@@ -262,9 +262,8 @@ struct SdpaPlan {
   // Keys per tile: BN, or BNs on the blocked path when a key's K and V rows take at most
   // kShortRowBytes in the compute type (head dims up to 64 in float32, which float16 and bfloat16
   // are widened to; up to 32 in float64): a tile's K and V then take about the bytes of BN keys of
-  // float32 head dim 128, and each micro-kernel call runs over more keys. On AVX2, 96 keys instead
-  // of 48 take 1-2% off the D = 64 prefill shapes (one thread, cycles per score in a harness on
-  // this header); the row-wise (decode) path keeps BN.
+  // float32 head dim 128, and each micro-kernel call runs over more keys (kernels_avx2.cpp and
+  // kernels_avx512.cpp give their measurements); the row-wise (decode) path keeps BN.
   static constexpr int64_t BN = round_up(round_up(Tuning::block_n, MR), MRn);
   static constexpr int64_t BNs = round_up(round_up(Tuning::block_n_short, MR), MRn);
   static constexpr int64_t kShortRowBytes = 512;
