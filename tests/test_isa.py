@@ -125,24 +125,29 @@ def test_avx512_hands_narrow_calls_to_avx2():
     code = (
         "import numpy as np, fastattn\n"
         "rng = np.random.default_rng(0)\n"
-        "names = []\n"
+        "names, outs = [], []\n"
         "for shape in [(1, 1, 16, 16), (1, 1, 32, 32)]:\n"
         "    q, k, v = (rng.standard_normal(shape, dtype=np.float32) for _ in range(3))\n"
-        "    fastattn.scaled_dot_product_attention(q, k, v)\n"
+        "    outs.append(fastattn.scaled_dot_product_attention(q, k, v).ravel())\n"
         "    names.append(fastattn.last_kernel())\n"
         "q, k, v = (rng.standard_normal((50, 64), dtype=np.float32) for _ in range(3))\n"
         "index = rng.integers(0, 50, (50, 16))\n"
         "for hidden in (8, 16):\n"
         "    mlp = (rng.standard_normal((hidden, 64), dtype=np.float32), rng.standard_normal(hidden, dtype=np.float32),\n"
         "           rng.standard_normal((8, hidden), dtype=np.float32), rng.standard_normal(8, dtype=np.float32))\n"
-        "    fastattn.vector_attention(q, k, v, index=index, weight_mlp=mlp)\n"
+        "    outs.append(fastattn.vector_attention(q, k, v, index=index, weight_mlp=mlp).ravel())\n"
         "    names.append(fastattn.last_kernel())\n"
         "print(' '.join(names))\n"
+        "print(np.concatenate(outs).astype(np.float64).tobytes().hex())\n"
     )
-    r = run_python(code, timeout=120, FASTATTN_CPU_ISA="avx512")
-    assert r.returncode == 0, _explain(r)
-    assert r.stdout.split() == ["cpu/avx2/sdpa/float32", "cpu/avx512/sdpa/float32",
-                                "cpu/avx2/vector_attention/float32", "cpu/avx512/vector_attention/float32"], r.stdout
-    r = run_python(code, timeout=120, FASTATTN_CPU_ISA="avx512", FASTATTN_CPU_HANDOVER="0")
-    assert r.returncode == 0, _explain(r)
-    assert r.stdout.split() == ["cpu/avx512/sdpa/float32"] * 2 + ["cpu/avx512/vector_attention/float32"] * 2, r.stdout
+    runs = {}
+    for handover in ("1", "0"):
+        r = run_python(code, timeout=120, FASTATTN_CPU_ISA="avx512", FASTATTN_CPU_HANDOVER=handover)
+        assert r.returncode == 0, _explain(r)
+        names, data = r.stdout.split("\n")[:2]
+        runs[handover] = names.split(), np.frombuffer(bytes.fromhex(data), dtype=np.float64)
+    assert runs["1"][0] == ["cpu/avx2/sdpa/float32", "cpu/avx512/sdpa/float32",
+                            "cpu/avx2/vector_attention/float32", "cpu/avx512/vector_attention/float32"], runs["1"][0]
+    assert runs["0"][0] == ["cpu/avx512/sdpa/float32"] * 2 + ["cpu/avx512/vector_attention/float32"] * 2, runs["0"][0]
+    a, b = runs["1"][1], runs["0"][1]  # two kernels, two summation orders: float32 rounding apart
+    assert np.abs(a - b).max() <= 3e-5 * np.abs(b).max(), np.abs(a - b).max()
